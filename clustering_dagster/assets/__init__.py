@@ -1,0 +1,10 @@
+"""Thin asset definitions over the core stages: one asset per stage."""
+
+from .cluster_hierarchy import cluster_hierarchy
+from .cluster_labels import cluster_labels
+from .cluster_levels import cluster_levels
+from .embeddings import embeddings
+from .projections import projections
+from .raw_texts import raw_texts
+
+ALL_ASSETS = [raw_texts, embeddings, projections, cluster_levels, cluster_labels, cluster_hierarchy]

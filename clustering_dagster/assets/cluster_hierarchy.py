@@ -1,0 +1,40 @@
+import polars as pl
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster_duckdb import DuckDBResource
+
+from ..core.hierarchy import build_tree, render_tree
+from ..core.storage import read_partition
+from ..resources import ClusteringSettings, connection
+from .common import ASSET_ARGS, stage, write_result
+
+
+@asset(deps=["cluster_labels"], **ASSET_ARGS)
+def cluster_hierarchy(
+    context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
+) -> MaterializeResult:
+    """The tree of named clusters, coarse to fine: one row per cluster with its parent."""
+    part, config = stage(context, clustering)
+    with connection(duckdb) as conn:
+        assignments = read_partition(conn, "assignments", part, "level, level_name, cluster_id",
+                                     "level, row_idx")
+        named = read_partition(conn, "cluster_labels", part, "level, cluster_id, label, keywords",
+                               "level, cluster_id")
+    levels = assignments.partition_by("level", maintain_order=True)
+    by_level = named.partition_by("level", maintain_order=True)
+    tree = build_tree(
+        [level["level_name"][0] for level in levels],
+        [level["cluster_id"].to_numpy() for level in levels],
+        [level["label"].to_list() for level in by_level],
+        [level["keywords"].to_list() for level in by_level],
+    ).with_columns(position=pl.int_range(pl.len(), dtype=pl.Int32))
+    with connection(duckdb) as conn:
+        write_result(conn, context, part, config, {"hierarchy": tree})
+    outline = render_tree(tree)
+    return MaterializeResult(
+        metadata={
+            "nodes": tree.height,
+            "roots": int(tree["parent_id"].is_null().sum()),
+            "outline": MetadataValue.md(f"```\n{outline}\n```"),
+            "params_hash": config.params_hash(),
+        }
+    )

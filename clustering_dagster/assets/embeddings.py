@@ -1,0 +1,57 @@
+import time
+
+import polars as pl
+from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster_duckdb import DuckDBResource
+
+from ..core.embed import cache_key, make_encoder, pick_device
+from ..core.storage import missing_hashes, model_dim, put_vectors, read_partition
+from ..resources import ClusteringSettings, connection
+from .common import ASSET_ARGS, stage, write_result
+
+# Texts embedded between two cache writes: an interrupted run keeps what it embedded.
+CHUNK = 4096
+
+
+@asset(deps=["raw_texts"], **ASSET_ARGS)
+def embeddings(
+    context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
+) -> MaterializeResult:
+    """One vector per text, from a cache keyed by (model, text hash): only new texts are embedded."""
+    part, config = stage(context, clustering)
+    model = cache_key(config.embedding)
+    with connection(duckdb) as conn:
+        texts = read_partition(conn, "texts", part, "row_idx, text, text_hash", "row_idx")
+        missing = missing_hashes(conn, model, texts["text_hash"])
+    started = time.perf_counter()
+    if len(missing):
+        encode = make_encoder(config.embedding)
+        todo = texts.filter(pl.col("text_hash").is_in(missing.implode())).unique(
+            "text_hash", keep="first", maintain_order=True
+        )
+        for start in range(0, todo.height, CHUNK):
+            chunk = todo.slice(start, CHUNK)
+            vectors = encode(chunk["text"].to_list())
+            with connection(duckdb) as conn:
+                put_vectors(conn, model, chunk["text_hash"], vectors)
+            context.log.info(f"embedded {start + chunk.height}/{todo.height} new texts")
+    seconds = time.perf_counter() - started
+    with connection(duckdb) as conn:
+        dim = model_dim(conn, model)
+        refs = texts.select("row_idx", "text_hash", model=pl.lit(model), dim=pl.lit(dim, pl.Int32))
+        stats = {"new": len(missing), "cached": texts["text_hash"].n_unique() - len(missing)}
+        write_result(conn, context, part, config, {"embeddings": refs}, stats=stats)
+    device = pick_device(config.embedding.device) if config.embedding.backend != "litellm" else "api"
+    return MaterializeResult(
+        metadata={
+            "texts": texts.height,
+            "newly_embedded": stats["new"],
+            "from_cache": stats["cached"],
+            "model": model,
+            "dimensions": dim,
+            "device": device,
+            "embedding_seconds": round(seconds, 2),
+            "texts_per_second": round(len(missing) / seconds, 1) if len(missing) else 0.0,
+            "params_hash": config.params_hash(),
+        }
+    )

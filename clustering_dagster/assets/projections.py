@@ -1,0 +1,67 @@
+import time
+
+import numpy as np
+import polars as pl
+from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster_duckdb import DuckDBResource
+
+from ..core.embed import cache_key, normalise_rows
+from ..core.project import project
+from ..core.run_config import stable_hash
+from ..core.ingest import content_hash
+from ..core.storage import find_projection, partition_vectors, read_partition
+from ..resources import ClusteringSettings, connection
+from .common import ASSET_ARGS, stage, write_result
+
+PROJECTION_COLUMNS = "row_idx, cluster_space, map_x, map_y, input_hash"
+
+
+@asset(deps=["embeddings"], **ASSET_ARGS)
+def projections(
+    context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
+) -> MaterializeResult:
+    """UMAP cluster space and 2-D map; reused when texts, model and projection settings match."""
+    part, config = stage(context, clustering)
+    with connection(duckdb) as conn:
+        rows, vectors = partition_vectors(conn, part)
+        input_hash = stable_hash({
+            "texts": content_hash(rows),
+            "model": cache_key(config.embedding),
+            "normalize": config.embedding.normalize,
+            "projection": config.projection.model_dump(mode="json"),
+        })
+        source = find_projection(conn, input_hash)
+    started = time.perf_counter()
+    if source is not None:
+        with connection(duckdb) as conn:
+            frame = read_partition(conn, "projections", source, PROJECTION_COLUMNS, "row_idx")
+            write_result(conn, context, part, config, {"projections": frame}, input_hash)
+        method = f"reused from {source.dataset}|{source.run_config}"
+    else:
+        if config.embedding.normalize:
+            vectors = normalise_rows(vectors)
+        _, first, inverse = np.unique(rows["text_hash"].to_numpy(), return_index=True,
+                                      return_inverse=True)
+        result = project(vectors[first], config.projection)
+        frame = rows.select("row_idx").with_columns(
+            cluster_space=pl.Series(
+                result.cluster_space[inverse], dtype=pl.Array(pl.Float32, result.cluster_space.shape[1])
+            ).cast(pl.List(pl.Float32)),
+            map_x=pl.Series(result.map_2d[inverse, 0]),
+            map_y=pl.Series(result.map_2d[inverse, 1]),
+            input_hash=pl.lit(input_hash),
+        )
+        with connection(duckdb) as conn:
+            write_result(conn, context, part, config, {"projections": frame}, input_hash)
+        method = result.method
+    return MaterializeResult(
+        metadata={
+            "texts": rows.height,
+            "distinct_texts": rows["text_hash"].n_unique(),
+            "method": method,
+            "cluster_space_dimensions": config.projection.n_components,
+            "projection_seconds": round(time.perf_counter() - started, 2),
+            "input_hash": input_hash,
+            "params_hash": config.params_hash(),
+        }
+    )

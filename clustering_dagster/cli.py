@@ -1,0 +1,48 @@
+"""`clustering-dagster`: register the datasets found on disk as Dagster partitions."""
+
+import argparse
+import sys
+
+from dagster import DagsterInstance
+
+from .core import settings
+from .core.datasets import discover_datasets
+from .core.errors import InputError
+from .core.run_config import load_run_configs
+from .partitions import DATASET_DIMENSION
+
+
+def register(instance: DagsterInstance, datasets_dir) -> tuple[list[str], list[str]]:
+    """Add a `dataset` partition for every dataset under `datasets_dir`; returns (added, known)."""
+    keys = sorted(discover_datasets(datasets_dir))
+    known = set(instance.get_dynamic_partitions(DATASET_DIMENSION))
+    added = [key for key in keys if key not in known]
+    if added:
+        instance.add_dynamic_partitions(DATASET_DIMENSION, added)
+    return added, keys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clustering-dagster", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("register", help="add a partition for every dataset in the datasets folder")
+    commands.add_parser("list", help="show datasets on disk and run configurations")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "register":
+            with DagsterInstance.get() as instance:
+                added, keys = register(instance, settings.datasets_dir())
+            print(f"datasets: {', '.join(keys) or 'none'}; newly registered: {', '.join(added) or 'none'}")
+        else:
+            for key, spec in discover_datasets(settings.datasets_dir()).items():
+                print(f"dataset     {key:30s} {spec.path}")
+            for name in load_run_configs(settings.run_configs_path()):
+                print(f"run_config  {name}")
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Cluster levels: HDBSCAN (or KMeans) per level, noise reassigned, levels nested coarse-to-fine."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .run_config import LevelConfig
+
+
+@dataclass(frozen=True)
+class Level:
+    name: str
+    labels: np.ndarray  # (n,) int32 cluster id per text, 0 = largest cluster
+    membership: np.ndarray  # (n,) float32 in [0, 1]: HDBSCAN probability, else centroid margin
+    reassigned: np.ndarray  # (n,) bool: HDBSCAN noise, or moved so that the levels nest
+    noise_share: float  # share of texts HDBSCAN left as noise
+    moved_for_nesting: int
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.labels.max()) + 1
+
+
+def min_cluster_size(level: LevelConfig, n: int) -> int:
+    size = level.min_cluster_size * n if level.min_cluster_size < 1 else level.min_cluster_size
+    return int(max(2, min(round(size), n)))
+
+
+def _centroids(space: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    sums = np.zeros((k, space.shape[1]), np.float64)
+    np.add.at(sums, labels, space)
+    return sums / np.bincount(labels, minlength=k)[:, None]
+
+
+def _nearest_with_margin(space: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid per point, and 1 - d1/d2 (0: halfway between two, 1: on its centroid)."""
+    dist = np.sqrt(
+        np.maximum((space**2).sum(1)[:, None] - 2 * space @ centroids.T + (centroids**2).sum(1), 0)
+    )
+    order = np.argsort(dist, axis=1)[:, :2]
+    nearest = order[:, 0]
+    if centroids.shape[0] == 1:
+        return nearest, np.ones(len(space), np.float32)
+    d1 = dist[np.arange(len(space)), nearest]
+    d2 = dist[np.arange(len(space)), order[:, 1]]
+    return nearest, (1 - d1 / np.where(d2 == 0, 1, d2)).astype(np.float32)
+
+
+def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
+    counts = np.bincount(labels)
+    order = np.argsort(-counts, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[labels].astype(np.int32)
+
+
+def _hdbscan(space: np.ndarray, level: LevelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import hdbscan
+
+    size = min_cluster_size(level, len(space))
+    model = hdbscan.HDBSCAN(
+        min_cluster_size=size,
+        min_samples=min(level.min_samples, size) if level.min_samples else None,
+        cluster_selection_method=level.cluster_selection_method,
+        core_dist_n_jobs=1,
+    ).fit(space)
+    labels = model.labels_.astype(np.int32)
+    noise = labels < 0
+    if noise.all():
+        return np.zeros(len(space), np.int32), np.zeros(len(space), np.float32), noise
+    nearest, margin = _nearest_with_margin(space, _centroids(space[~noise], labels[~noise],
+                                                             labels.max() + 1))
+    membership = np.where(noise, margin, model.probabilities_).astype(np.float32)
+    return np.where(noise, nearest, labels).astype(np.int32), membership, noise
+
+
+def _kmeans(space: np.ndarray, level: LevelConfig, seed: int | None) -> tuple[np.ndarray, ...]:
+    from sklearn.cluster import KMeans
+
+    k = min(level.k, len(np.unique(space, axis=0)))
+    model = KMeans(n_clusters=k, n_init=3, random_state=seed if seed is not None else 0).fit(space)
+    _, margin = _nearest_with_margin(space, model.cluster_centers_)
+    return model.labels_.astype(np.int32), margin, np.zeros(len(space), bool)
+
+
+def _fit_level(space, level: LevelConfig, seed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if level.method == "kmeans":
+        return _kmeans(space, level, seed)
+    return _hdbscan(space, level)
+
+
+def parent_map(child: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """For each child cluster, the parent cluster holding most of its members."""
+    k_child, k_parent = child.max() + 1, parent.max() + 1
+    overlap = np.zeros((k_child, k_parent), np.int64)
+    np.add.at(overlap, (child, parent), 1)
+    return overlap.argmax(1)
+
+
+def fit_levels(space: np.ndarray, levels: Sequence[LevelConfig], seed: int | None) -> list[Level]:
+    """Fit every level on the cluster space, then make each coarser level a union of finer clusters.
+
+    Levels are given coarse first. A finer cluster joins the coarser cluster that holds most of its
+    members; texts whose coarse cluster changes that way are flagged as reassigned.
+    """
+    fits = [_fit_level(space, level, seed) for level in levels]
+    result: list[Level] = []
+    finer = None
+    for level, (labels, membership, noise) in reversed(list(zip(levels, fits, strict=True))):
+        moved = np.zeros(len(labels), bool)
+        if finer is not None:
+            nested = parent_map(finer, labels)[finer]
+            moved = nested != labels
+            labels = nested
+            membership = np.where(moved, 0.0, membership).astype(np.float32)
+        labels = _relabel_by_size(np.unique(labels, return_inverse=True)[1].astype(np.int32))
+        result.append(
+            Level(level.name, labels, membership, noise | moved, float(noise.mean()), int(moved.sum()))
+        )
+        finer = labels
+    return result[::-1]

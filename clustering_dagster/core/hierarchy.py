@@ -1,0 +1,83 @@
+"""The cluster tree: one row per cluster at every level, with its parent one level up."""
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+from .cluster import parent_map
+
+HIERARCHY_SCHEMA = {
+    "node_id": pl.String,
+    "parent_id": pl.String,
+    "level": pl.Int32,
+    "level_name": pl.String,
+    "cluster_id": pl.Int32,
+    "size": pl.Int64,
+    "share": pl.Float64,
+    "n_children": pl.Int32,
+    "label": pl.String,
+    "keywords": pl.List(pl.String),
+    "path": pl.String,
+}
+
+
+def node_id(level_name: str, cluster_id: int) -> str:
+    return f"{level_name}/{cluster_id}"
+
+
+def build_tree(
+    level_names: Sequence[str],
+    assignments: Sequence[np.ndarray],
+    labels: Sequence[Sequence[str]],
+    keywords: Sequence[Sequence[Sequence[str]]],
+) -> pl.DataFrame:
+    """Rows ordered depth-first, so reading them top-down reads the tree.
+
+    `assignments[i]` is the nested cluster id per text at level i (coarse first); `labels[i][c]`
+    and `keywords[i][c]` name cluster c of level i.
+    """
+    n = len(assignments[0])
+    parents = [None] + [
+        parent_map(assignments[i], assignments[i - 1]) for i in range(1, len(assignments))
+    ]
+    children: dict[tuple[int, int], list[int]] = {}
+    for depth in range(1, len(assignments)):
+        for child, parent in enumerate(parents[depth]):
+            children.setdefault((depth - 1, int(parent)), []).append(child)
+    rows = []
+
+    def visit(depth: int, cluster: int, parent_path: str | None) -> None:
+        name = labels[depth][cluster]
+        path = name if parent_path is None else f"{parent_path} > {name}"
+        size = int(np.count_nonzero(assignments[depth] == cluster))
+        kids = children.get((depth, cluster), [])
+        rows.append({
+            "node_id": node_id(level_names[depth], cluster),
+            "parent_id": None if depth == 0
+            else node_id(level_names[depth - 1], int(parents[depth][cluster])),
+            "level": depth, "level_name": level_names[depth], "cluster_id": cluster,
+            "size": size, "share": size / n, "n_children": len(kids),
+            "label": name, "keywords": list(keywords[depth][cluster]), "path": path,
+        })
+        for kid in kids:
+            visit(depth + 1, kid, path)
+
+    for root in range(int(assignments[0].max()) + 1):
+        visit(0, root, None)
+    return pl.DataFrame(rows, schema=HIERARCHY_SCHEMA)
+
+
+def render_tree(tree: pl.DataFrame, max_children: int = 5) -> str:
+    """An indented text outline of the tree, the largest children of each node first."""
+    lines = []
+    shown: dict[str | None, int] = {}
+    hidden: set[str] = set()
+    for row in tree.iter_rows(named=True):
+        parent = row["parent_id"]
+        shown[parent] = shown.get(parent, 0) + 1
+        if parent in hidden or shown[parent] > max_children:
+            hidden.add(row["node_id"])
+            continue
+        lines.append(f"{'  ' * row['level']}- {row['label']} ({row['size']})")
+    return "\n".join(lines)

@@ -1,0 +1,23 @@
+"""Where things live on disk. Every path can be overridden by an environment variable."""
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = REPO_ROOT / "data"
+
+
+def _path(env: str, default: Path) -> Path:
+    return Path(os.environ.get(env, default)).expanduser().resolve()
+
+
+def duckdb_path() -> Path:
+    return _path("CLUSTERING_DUCKDB_PATH", DATA_DIR / "clustering.duckdb")
+
+
+def datasets_dir() -> Path:
+    return _path("CLUSTERING_DATASETS_DIR", DATA_DIR / "datasets")
+
+
+def run_configs_path() -> Path:
+    return _path("CLUSTERING_RUN_CONFIGS", DATA_DIR / "run_configs.yaml")

@@ -1,0 +1,254 @@
+"""DuckDB storage: one schema, every result table keyed by (dataset, run_config).
+
+Each partition is replaced in one transaction (delete its rows, insert the new ones), so a failed
+write leaves the previous result in place. Vectors are stored as FLOAT[d] arrays; embeddings live
+once per (model, text hash) in a content-addressed store table per dimension.
+"""
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import duckdb
+import numpy as np
+import polars as pl
+
+SCHEMA = "clustering"
+
+TABLES = {
+    "texts": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, row_idx INTEGER NOT NULL,
+        text_id VARCHAR, text VARCHAR NOT NULL, text_hash VARCHAR NOT NULL, duplicate_of INTEGER,
+        source_file VARCHAR, ground_truth VARCHAR, metadata JSON""",
+    "embeddings": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, row_idx INTEGER NOT NULL,
+        text_hash VARCHAR NOT NULL, model VARCHAR NOT NULL, dim INTEGER NOT NULL""",
+    "projections": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, row_idx INTEGER NOT NULL,
+        cluster_space FLOAT[] NOT NULL, map_x FLOAT NOT NULL, map_y FLOAT NOT NULL,
+        input_hash VARCHAR NOT NULL""",
+    "assignments": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, row_idx INTEGER NOT NULL,
+        level INTEGER NOT NULL, level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL,
+        membership FLOAT NOT NULL, reassigned BOOLEAN NOT NULL""",
+    "cluster_labels": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, level INTEGER NOT NULL,
+        level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL, size BIGINT NOT NULL,
+        label VARCHAR NOT NULL, keywords VARCHAR[], examples VARCHAR[], labeler VARCHAR NOT NULL""",
+    "hierarchy": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, node_id VARCHAR NOT NULL,
+        parent_id VARCHAR, level INTEGER NOT NULL, level_name VARCHAR NOT NULL,
+        cluster_id INTEGER NOT NULL, size BIGINT NOT NULL, share DOUBLE NOT NULL,
+        n_children INTEGER NOT NULL, label VARCHAR NOT NULL, keywords VARCHAR[], path VARCHAR,
+        position INTEGER NOT NULL""",
+    "materializations": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, asset VARCHAR NOT NULL,
+        dagster_run_id VARCHAR, params_hash VARCHAR NOT NULL, input_hash VARCHAR,
+        params JSON NOT NULL, stats JSON, materialized_at TIMESTAMP NOT NULL""",
+    "embedding_models": "model VARCHAR PRIMARY KEY, dim INTEGER NOT NULL",
+}
+
+
+@dataclass(frozen=True)
+class Partition:
+    dataset: str
+    run_config: str
+
+
+def connect(path) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(str(path))
+
+
+def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    for name, columns in TABLES.items():
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.{name} ({columns})")
+
+
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def replace_partition(conn, table: str, part: Partition, frame: pl.DataFrame) -> None:
+    """Delete the partition's rows of `table` and insert `frame`; call inside `transaction`."""
+    conn.execute(
+        f"DELETE FROM {SCHEMA}.{table} WHERE dataset = ? AND run_config = ?",
+        [part.dataset, part.run_config],
+    )
+    conn.register("_frame", frame.to_arrow())
+    try:
+        conn.execute(
+            f"INSERT INTO {SCHEMA}.{table} BY NAME "
+            "SELECT ? AS dataset, ? AS run_config, * FROM _frame",
+            [part.dataset, part.run_config],
+        )
+    finally:
+        conn.unregister("_frame")
+
+
+def read_partition(conn, table: str, part: Partition, columns: str, order_by: str) -> pl.DataFrame:
+    return conn.execute(
+        f"SELECT {columns} FROM {SCHEMA}.{table} WHERE dataset = ? AND run_config = ? "
+        f"ORDER BY {order_by}",
+        [part.dataset, part.run_config],
+    ).pl()
+
+
+def record_materialization(
+    conn, part: Partition, asset: str, run_id: str | None, params: dict, params_hash: str,
+    input_hash: str | None = None, stats: dict | None = None,
+) -> None:
+    conn.execute(
+        f"INSERT INTO {SCHEMA}.materializations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [part.dataset, part.run_config, asset, run_id, params_hash, input_hash,
+         json.dumps(params), json.dumps(stats or {}), datetime.now(UTC).replace(tzinfo=None)],
+    )
+
+
+def find_projection(conn, input_hash: str) -> Partition | None:
+    """A partition whose stored projection was computed from exactly these inputs, if any."""
+    row = conn.execute(
+        f"SELECT dataset, run_config FROM {SCHEMA}.projections WHERE input_hash = ? LIMIT 1",
+        [input_hash],
+    ).fetchone()
+    return Partition(*row) if row else None
+
+
+def unassigned_texts(conn, part: Partition) -> int:
+    """Texts missing a cluster at some level, or holding more than one (0 when all is well)."""
+    return conn.execute(
+        f"""
+        WITH levels AS (
+            SELECT DISTINCT level FROM {SCHEMA}.assignments WHERE dataset = $1 AND run_config = $2
+        ), expected AS (
+            SELECT t.row_idx, l.level FROM {SCHEMA}.texts t, levels l
+            WHERE t.dataset = $1 AND t.run_config = $2
+        ), counted AS (
+            SELECT e.row_idx, e.level, count(a.cluster_id) AS n FROM expected e
+            LEFT JOIN {SCHEMA}.assignments a ON a.dataset = $1 AND a.run_config = $2
+                AND a.row_idx = e.row_idx AND a.level = e.level
+            GROUP BY ALL
+        )
+        SELECT count(*) FILTER (WHERE n != 1) + (SELECT count(*) = 0 FROM levels)::INT FROM counted
+        """,
+        [part.dataset, part.run_config],
+    ).fetchone()[0]
+
+
+def nesting_violations(conn, part: Partition) -> int:
+    """Clusters whose texts sit in more than one cluster of the level above."""
+    return conn.execute(
+        f"""
+        SELECT count(*) FROM (
+            SELECT child.level, child.cluster_id FROM {SCHEMA}.assignments child
+            JOIN {SCHEMA}.assignments parent ON parent.dataset = child.dataset
+                AND parent.run_config = child.run_config AND parent.row_idx = child.row_idx
+                AND parent.level = child.level - 1
+            WHERE child.dataset = $1 AND child.run_config = $2
+            GROUP BY ALL HAVING count(DISTINCT parent.cluster_id) > 1
+        )
+        """,
+        [part.dataset, part.run_config],
+    ).fetchone()[0]
+
+
+# --- the content-addressed embedding store ---------------------------------------------------
+
+
+def store_table(dim: int) -> str:
+    return f"{SCHEMA}.embedding_store_{dim}"
+
+
+def model_dim(conn, model: str) -> int | None:
+    row = conn.execute(
+        f"SELECT dim FROM {SCHEMA}.embedding_models WHERE model = ?", [model]
+    ).fetchone()
+    return row[0] if row else None
+
+
+def missing_hashes(conn, model: str, hashes: pl.Series) -> pl.Series:
+    """The hashes in `hashes` that have no stored vector for `model` (order kept, unique)."""
+    wanted = pl.DataFrame({"text_hash": hashes}).unique(maintain_order=True)
+    dim = model_dim(conn, model)
+    if dim is None:
+        return wanted["text_hash"]
+    conn.register("_wanted", wanted.to_arrow())
+    try:
+        return conn.execute(
+            f"SELECT w.text_hash FROM _wanted w ANTI JOIN {store_table(dim)} s "
+            "ON s.model = ? AND s.text_hash = w.text_hash",
+            [model],
+        ).pl()["text_hash"]
+    finally:
+        conn.unregister("_wanted")
+
+
+def put_vectors(conn, model: str, hashes: pl.Series, vectors: np.ndarray) -> None:
+    """Add vectors to the store (its own small transaction: the cache survives a failed run)."""
+    dim = vectors.shape[1]
+    known = model_dim(conn, model)
+    if known is not None and known != dim:
+        raise ValueError(f"model {model!r} returned {dim}-d vectors; the store holds {known}-d")
+    frame = pl.DataFrame({
+        "text_hash": hashes,
+        "embedding": pl.Series(vectors, dtype=pl.Array(pl.Float32, dim)),
+    })
+    with transaction(conn):
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {store_table(dim)} "
+            f"(model VARCHAR NOT NULL, text_hash VARCHAR NOT NULL, embedding FLOAT[{dim}] NOT NULL)"
+        )
+        conn.execute(
+            f"INSERT INTO {SCHEMA}.embedding_models VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [model, dim],
+        )
+        conn.register("_vectors", frame.to_arrow())
+        try:
+            conn.execute(
+                f"INSERT INTO {store_table(dim)} SELECT ?, v.text_hash, v.embedding FROM _vectors v "
+                f"ANTI JOIN {store_table(dim)} s ON s.model = ? AND s.text_hash = v.text_hash",
+                [model, model],
+            )
+        finally:
+            conn.unregister("_vectors")
+
+
+def _to_matrix(column: pl.Series) -> np.ndarray:
+    """A list or array column of equal-length float vectors as an (n, d) float32 matrix."""
+    if column.len() == 0:
+        return np.zeros((0, 0), np.float32)
+    flat = column.cast(pl.List(pl.Float32)).explode()
+    return flat.to_numpy().astype(np.float32, copy=False).reshape(column.len(), -1)
+
+
+def partition_vectors(conn, part: Partition) -> tuple[pl.DataFrame, np.ndarray]:
+    """The partition's texts (row_idx, text, text_hash) and their stored vectors, in row order."""
+    row = conn.execute(
+        f"SELECT DISTINCT model, dim FROM {SCHEMA}.embeddings WHERE dataset = ? AND run_config = ?",
+        [part.dataset, part.run_config],
+    ).fetchall()
+    if len(row) != 1:
+        raise LookupError(f"no embeddings stored for {part}: materialise the embeddings first")
+    model, dim = row[0]
+    frame = conn.execute(
+        f"SELECT e.row_idx, t.text, e.text_hash, s.embedding "
+        f"FROM {SCHEMA}.embeddings e "
+        f"JOIN {SCHEMA}.texts t USING (dataset, run_config, row_idx) "
+        f"JOIN {store_table(dim)} s ON s.model = e.model AND s.text_hash = e.text_hash "
+        "WHERE e.dataset = ? AND e.run_config = ? ORDER BY e.row_idx",
+        [part.dataset, part.run_config],
+    ).pl()
+    return frame.drop("embedding"), _to_matrix(frame["embedding"])
+
+
+def matrix_column(frame: pl.DataFrame, column: str) -> np.ndarray:
+    return _to_matrix(frame[column])
