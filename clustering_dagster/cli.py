@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "register":
             with DagsterInstance.get() as instance:
                 added, keys = register(instance, settings.datasets_dir())
-            print(f"datasets: {', '.join(keys) or 'none'}; newly registered: {', '.join(added) or 'none'}")
+            print(
+                f"datasets: {', '.join(keys) or 'none'}; newly registered: {', '.join(added) or 'none'}"
+            )
         else:
             for key, spec in discover_datasets(settings.datasets_dir()).items():
                 print(f"dataset     {key:30s} {spec.path}")

@@ -3,13 +3,11 @@
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
 
 from .assets import ALL_ASSETS
-from .partitions import partitions_def
 from .resources import default_resources
 
 cluster_texts_job = define_asset_job(
     "cluster_texts",
     selection=AssetSelection.assets(*ALL_ASSETS),
-    partitions_def=partitions_def,
     description="Texts -> embeddings -> projections -> cluster levels -> labels -> hierarchy.",
 )
 

@@ -15,10 +15,12 @@ def cluster_hierarchy(
     """The tree of named clusters, coarse to fine: one row per cluster with its parent."""
     part, config = stage(context, clustering)
     with connection(duckdb) as conn:
-        assignments = read_partition(conn, "assignments", part, "level, level_name, cluster_id",
-                                     "level, row_idx")
-        named = read_partition(conn, "cluster_labels", part, "level, cluster_id, label, keywords",
-                               "level, cluster_id")
+        assignments = read_partition(
+            conn, "assignments", part, "level, level_name, cluster_id", "level, row_idx"
+        )
+        named = read_partition(
+            conn, "cluster_labels", part, "level, cluster_id, label, keywords", "level, cluster_id"
+        )
     levels = assignments.partition_by("level", maintain_order=True)
     by_level = named.partition_by("level", maintain_order=True)
     tree = build_tree(

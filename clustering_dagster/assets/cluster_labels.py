@@ -19,33 +19,45 @@ def cluster_labels(
     part, config = stage(context, clustering)
     with connection(duckdb) as conn:
         rows, vectors = partition_vectors(conn, part)
-        assignments = read_partition(conn, "assignments", part, "level, level_name, cluster_id",
-                                     "level, row_idx")
+        assignments = read_partition(
+            conn, "assignments", part, "level, level_name, cluster_id", "level, row_idx"
+        )
     labeler = make_labeler(config.labeler)
     texts = rows["text"].to_list()
     frames = []
     for (depth, name), level in assignments.group_by("level", "level_name", maintain_order=True):
         ids = level["cluster_id"].to_numpy()
         labels = labeler.label(LevelTexts(ids, texts, vectors))
-        frames.append(pl.DataFrame({
-            "level": np.full(len(labels), depth, np.int32),
-            "level_name": name,
-            "cluster_id": np.array([c.cluster_id for c in labels], np.int32),
-            "size": np.bincount(ids, minlength=len(labels)),
-            "label": [c.label for c in labels],
-            "keywords": [list(c.keywords) for c in labels],
-            "examples": [list(c.examples) for c in labels],
-            "labeler": labeler.name,
-        }))
+        frames.append(
+            pl.DataFrame(
+                {
+                    "level": np.full(len(labels), depth, np.int32),
+                    "level_name": name,
+                    "cluster_id": np.array([c.cluster_id for c in labels], np.int32),
+                    "size": np.bincount(ids, minlength=len(labels)),
+                    "label": [c.label for c in labels],
+                    "keywords": [list(c.keywords) for c in labels],
+                    "examples": [list(c.examples) for c in labels],
+                    "labeler": labeler.name,
+                }
+            )
+        )
     table = pl.concat(frames)
     with connection(duckdb) as conn:
         write_result(conn, context, part, config, {"cluster_labels": table})
-    metadata = {"clusters": table.height, "labeler": labeler.name,
-                "params_hash": config.params_hash()}
+    metadata = {
+        "clusters": table.height,
+        "labeler": labeler.name,
+        "params_hash": config.params_hash(),
+    }
     for (name,), level in table.group_by("level_name", maintain_order=True):
         largest = level.sort("size", descending=True).head(LARGEST_SHOWN)
         metadata[f"largest_{name}"] = markdown_table(
-            largest.select("cluster_id", "size", "label",
-                           example=pl.col("examples").list.first().str.slice(0, 80))
+            largest.select(
+                "cluster_id",
+                "size",
+                "label",
+                example=pl.col("examples").list.first().str.slice(0, 80),
+            )
         )
     return MaterializeResult(metadata=metadata)

@@ -14,22 +14,35 @@ ASSET_ARGS = dict(
 )
 
 
-def stage(context: AssetExecutionContext, clustering: ClusteringSettings) -> tuple[Partition, RunConfig]:
+def stage(
+    context: AssetExecutionContext, clustering: ClusteringSettings
+) -> tuple[Partition, RunConfig]:
     part = partition_of(context)
     return part, clustering.run_config(part.run_config)
 
 
 def write_result(
-    conn, context: AssetExecutionContext, part: Partition, config: RunConfig,
-    tables: dict[str, pl.DataFrame], input_hash: str | None = None, stats: dict | None = None,
+    conn,
+    context: AssetExecutionContext,
+    part: Partition,
+    config: RunConfig,
+    tables: dict[str, pl.DataFrame],
+    input_hash: str | None = None,
+    stats: dict | None = None,
 ) -> None:
     """Replace the partition in every table and log the materialisation, in one transaction."""
     with transaction(conn):
         for table, frame in tables.items():
             replace_partition(conn, table, part, frame)
         record_materialization(
-            conn, part, context.assets_def.key.to_user_string(), context.run_id,
-            config.params(), config.params_hash(), input_hash, stats,
+            conn,
+            part,
+            context.assets_def.key.to_user_string(),
+            context.run.run_id,
+            config.params(),
+            config.params_hash(),
+            input_hash,
+            stats,
         )
 
 

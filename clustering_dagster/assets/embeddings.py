@@ -10,7 +10,7 @@ from ..resources import ClusteringSettings, connection
 from .common import ASSET_ARGS, stage, write_result
 
 # Texts embedded between two cache writes: an interrupted run keeps what it embedded.
-CHUNK = 4096
+CHUNK = 16_384
 
 
 @asset(deps=["raw_texts"], **ASSET_ARGS)
@@ -41,7 +41,9 @@ def embeddings(
         refs = texts.select("row_idx", "text_hash", model=pl.lit(model), dim=pl.lit(dim, pl.Int32))
         stats = {"new": len(missing), "cached": texts["text_hash"].n_unique() - len(missing)}
         write_result(conn, context, part, config, {"embeddings": refs}, stats=stats)
-    device = pick_device(config.embedding.device) if config.embedding.backend != "litellm" else "api"
+    device = (
+        pick_device(config.embedding.device) if config.embedding.backend != "litellm" else "api"
+    )
     return MaterializeResult(
         metadata={
             "texts": texts.height,

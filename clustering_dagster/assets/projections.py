@@ -6,9 +6,9 @@ from dagster import AssetExecutionContext, MaterializeResult, asset
 from dagster_duckdb import DuckDBResource
 
 from ..core.embed import cache_key, normalise_rows
+from ..core.ingest import content_hash
 from ..core.project import project
 from ..core.run_config import stable_hash
-from ..core.ingest import content_hash
 from ..core.storage import find_projection, partition_vectors, read_partition
 from ..resources import ClusteringSettings, connection
 from .common import ASSET_ARGS, stage, write_result
@@ -24,12 +24,14 @@ def projections(
     part, config = stage(context, clustering)
     with connection(duckdb) as conn:
         rows, vectors = partition_vectors(conn, part)
-        input_hash = stable_hash({
-            "texts": content_hash(rows),
-            "model": cache_key(config.embedding),
-            "normalize": config.embedding.normalize,
-            "projection": config.projection.model_dump(mode="json"),
-        })
+        input_hash = stable_hash(
+            {
+                "texts": content_hash(rows),
+                "model": cache_key(config.embedding),
+                "normalize": config.embedding.normalize,
+                "projection": config.projection.model_dump(mode="json"),
+            }
+        )
         source = find_projection(conn, input_hash)
     started = time.perf_counter()
     if source is not None:
@@ -40,12 +42,14 @@ def projections(
     else:
         if config.embedding.normalize:
             vectors = normalise_rows(vectors)
-        _, first, inverse = np.unique(rows["text_hash"].to_numpy(), return_index=True,
-                                      return_inverse=True)
+        _, first, inverse = np.unique(
+            rows["text_hash"].to_numpy(), return_index=True, return_inverse=True
+        )
         result = project(vectors[first], config.projection)
         frame = rows.select("row_idx").with_columns(
             cluster_space=pl.Series(
-                result.cluster_space[inverse], dtype=pl.Array(pl.Float32, result.cluster_space.shape[1])
+                result.cluster_space[inverse],
+                dtype=pl.Array(pl.Float32, result.cluster_space.shape[1]),
             ).cast(pl.List(pl.Float32)),
             map_x=pl.Series(result.map_2d[inverse, 0]),
             map_y=pl.Series(result.map_2d[inverse, 1]),

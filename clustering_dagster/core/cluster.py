@@ -13,18 +13,28 @@ class Level:
     name: str
     labels: np.ndarray  # (n,) int32 cluster id per text, 0 = largest cluster
     membership: np.ndarray  # (n,) float32 in [0, 1]: HDBSCAN probability, else centroid margin
-    reassigned: np.ndarray  # (n,) bool: HDBSCAN noise, or moved so that the levels nest
-    noise_share: float  # share of texts HDBSCAN left as noise
-    moved_for_nesting: int
+    noise: np.ndarray  # (n,) bool: HDBSCAN left it out; it went to the nearest centroid
+    moved_to_nest: np.ndarray  # (n,) bool: moved to the cluster that holds its finer cluster
 
     @property
     def n_clusters(self) -> int:
         return int(self.labels.max()) + 1
 
+    @property
+    def noise_share(self) -> float:
+        return float(self.noise.mean())
+
+
+# A size given as a share of the texts is never below this many texts.
+MIN_SHARE_BASED_SIZE = 5
+
 
 def min_cluster_size(level: LevelConfig, n: int) -> int:
-    size = level.min_cluster_size * n if level.min_cluster_size < 1 else level.min_cluster_size
-    return int(max(2, min(round(size), n)))
+    if level.min_cluster_size < 1:
+        size = max(MIN_SHARE_BASED_SIZE, round(level.min_cluster_size * n))
+    else:
+        size = round(level.min_cluster_size)
+    return int(max(2, min(size, n)))
 
 
 def _centroids(space: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -59,6 +69,12 @@ def _hdbscan(space: np.ndarray, level: LevelConfig) -> tuple[np.ndarray, np.ndar
     import hdbscan
 
     size = min_cluster_size(level, len(space))
+    if len(space) <= size:  # no room for two clusters: everything is one
+        return (
+            np.zeros(len(space), np.int32),
+            np.ones(len(space), np.float32),
+            np.zeros(len(space), bool),
+        )
     model = hdbscan.HDBSCAN(
         min_cluster_size=size,
         min_samples=min(level.min_samples, size) if level.min_samples else None,
@@ -69,8 +85,9 @@ def _hdbscan(space: np.ndarray, level: LevelConfig) -> tuple[np.ndarray, np.ndar
     noise = labels < 0
     if noise.all():
         return np.zeros(len(space), np.int32), np.zeros(len(space), np.float32), noise
-    nearest, margin = _nearest_with_margin(space, _centroids(space[~noise], labels[~noise],
-                                                             labels.max() + 1))
+    nearest, margin = _nearest_with_margin(
+        space, _centroids(space[~noise], labels[~noise], labels.max() + 1)
+    )
     membership = np.where(noise, margin, model.probabilities_).astype(np.float32)
     return np.where(noise, nearest, labels).astype(np.int32), membership, noise
 
@@ -102,7 +119,7 @@ def fit_levels(space: np.ndarray, levels: Sequence[LevelConfig], seed: int | Non
     """Fit every level on the cluster space, then make each coarser level a union of finer clusters.
 
     Levels are given coarse first. A finer cluster joins the coarser cluster that holds most of its
-    members; texts whose coarse cluster changes that way are flagged as reassigned.
+    members; texts whose coarse cluster changes that way are flagged `moved_to_nest`.
     """
     fits = [_fit_level(space, level, seed) for level in levels]
     result: list[Level] = []
@@ -115,8 +132,6 @@ def fit_levels(space: np.ndarray, levels: Sequence[LevelConfig], seed: int | Non
             labels = nested
             membership = np.where(moved, 0.0, membership).astype(np.float32)
         labels = _relabel_by_size(np.unique(labels, return_inverse=True)[1].astype(np.int32))
-        result.append(
-            Level(level.name, labels, membership, noise | moved, float(noise.mean()), int(moved.sum()))
-        )
+        result.append(Level(level.name, labels, membership, noise, moved))
         finer = labels
     return result[::-1]

@@ -21,7 +21,9 @@ def slugify(name: str) -> str:
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")
     if not slug:
-        raise InputError(f"cannot make a dataset key from {name!r}: rename it with letters or digits")
+        raise InputError(
+            f"cannot make a dataset key from {name!r}: rename it with letters or digits"
+        )
     return slug
 
 

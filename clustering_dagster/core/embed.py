@@ -59,7 +59,10 @@ def _local_encoder(config: EmbeddingConfig) -> Encoder:
 
     def encode(texts: Sequence[str]) -> np.ndarray:
         vectors = model.encode(
-            list(texts), batch_size=config.batch_size, convert_to_numpy=True, show_progress_bar=False
+            list(texts),
+            batch_size=config.batch_size,
+            convert_to_numpy=True,
+            show_progress_bar=False,
         )
         return vectors.astype(np.float32, copy=False)
 

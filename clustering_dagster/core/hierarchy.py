@@ -52,14 +52,23 @@ def build_tree(
         path = name if parent_path is None else f"{parent_path} > {name}"
         size = int(np.count_nonzero(assignments[depth] == cluster))
         kids = children.get((depth, cluster), [])
-        rows.append({
-            "node_id": node_id(level_names[depth], cluster),
-            "parent_id": None if depth == 0
-            else node_id(level_names[depth - 1], int(parents[depth][cluster])),
-            "level": depth, "level_name": level_names[depth], "cluster_id": cluster,
-            "size": size, "share": size / n, "n_children": len(kids),
-            "label": name, "keywords": list(keywords[depth][cluster]), "path": path,
-        })
+        rows.append(
+            {
+                "node_id": node_id(level_names[depth], cluster),
+                "parent_id": None
+                if depth == 0
+                else node_id(level_names[depth - 1], int(parents[depth][cluster])),
+                "level": depth,
+                "level_name": level_names[depth],
+                "cluster_id": cluster,
+                "size": size,
+                "share": size / n,
+                "n_children": len(kids),
+                "label": name,
+                "keywords": list(keywords[depth][cluster]),
+                "path": path,
+            }
+        )
         for kid in kids:
             visit(depth + 1, kid, path)
 

@@ -58,8 +58,11 @@ def _read_file(path: Path) -> tuple[pl.DataFrame, int]:
 
 
 def _require_columns(frame: pl.DataFrame, path: Path, spec: DatasetSpec) -> None:
-    wanted = {"text_column": spec.text_column, "id_column": spec.id_column,
-              "label_column": spec.label_column}
+    wanted = {
+        "text_column": spec.text_column,
+        "id_column": spec.id_column,
+        "label_column": spec.label_column,
+    }
     wanted |= {f"metadata_columns[{i}]": c for i, c in enumerate(spec.metadata_columns)}
     for role, column in wanted.items():
         if column is not None and column not in frame.columns:
@@ -120,14 +123,20 @@ def load_texts(spec: DatasetSpec) -> tuple[pl.DataFrame, IngestReport]:
             f"{spec.path}: column {spec.text_column!r} holds no non-empty text in {rows_read} rows"
         )
     texts = texts.with_columns(
-        text_id=pl.coalesce("text_id", pl.col("source_file") + ":" + pl.col("line").cast(pl.String)),
+        text_id=pl.coalesce(
+            "text_id", pl.col("source_file") + ":" + pl.col("line").cast(pl.String)
+        ),
         text_hash=text_hash(texts["text"]),
         row_idx=pl.int_range(pl.len(), dtype=pl.Int32),
     )
     first = texts.group_by("text_hash").agg(first_idx=pl.col("row_idx").min())
-    texts = texts.join(first, on="text_hash").with_columns(
-        duplicate_of=pl.when(pl.col("first_idx") != pl.col("row_idx")).then(pl.col("first_idx"))
-    ).sort("row_idx")
+    texts = (
+        texts.join(first, on="text_hash")
+        .with_columns(
+            duplicate_of=pl.when(pl.col("first_idx") != pl.col("row_idx")).then(pl.col("first_idx"))
+        )
+        .sort("row_idx")
+    )
     duplicated_ids = texts["text_id"].is_duplicated().sum()
     if duplicated_ids:
         raise InputError(
@@ -145,4 +154,6 @@ def load_texts(spec: DatasetSpec) -> tuple[pl.DataFrame, IngestReport]:
 
 def content_hash(texts: pl.DataFrame) -> str:
     """One hash of the ordered text hashes: changes whenever any text, or the order, changes."""
-    return hashlib.blake2b("\n".join(texts["text_hash"].to_list()).encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(
+        "\n".join(texts["text_hash"].to_list()).encode(), digest_size=16
+    ).hexdigest()

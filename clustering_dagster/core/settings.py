@@ -12,7 +12,7 @@ def _path(env: str, default: Path) -> Path:
 
 
 def duckdb_path() -> Path:
-    return _path("CLUSTERING_DUCKDB_PATH", DATA_DIR / "clustering.duckdb")
+    return _path("CLUSTERING_DUCKDB_PATH", DATA_DIR / "clustering_dagster.duckdb")
 
 
 def datasets_dir() -> Path:

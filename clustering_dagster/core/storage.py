@@ -32,7 +32,7 @@ TABLES = {
     "assignments": """
         dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, row_idx INTEGER NOT NULL,
         level INTEGER NOT NULL, level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL,
-        membership FLOAT NOT NULL, reassigned BOOLEAN NOT NULL""",
+        membership FLOAT NOT NULL, noise BOOLEAN NOT NULL, moved_to_nest BOOLEAN NOT NULL""",
     "cluster_labels": """
         dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, level INTEGER NOT NULL,
         level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL, size BIGINT NOT NULL,
@@ -62,6 +62,10 @@ def connect(path) -> duckdb.DuckDBPyConnection:
 
 
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    if conn.execute("SELECT current_database()").fetchone()[0] == SCHEMA:
+        raise ValueError(
+            f"a DuckDB file named {SCHEMA}.duckdb makes '{SCHEMA}.table' ambiguous: rename the file"
+        )
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     for name, columns in TABLES.items():
         conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.{name} ({columns})")
@@ -104,13 +108,28 @@ def read_partition(conn, table: str, part: Partition, columns: str, order_by: st
 
 
 def record_materialization(
-    conn, part: Partition, asset: str, run_id: str | None, params: dict, params_hash: str,
-    input_hash: str | None = None, stats: dict | None = None,
+    conn,
+    part: Partition,
+    asset: str,
+    run_id: str | None,
+    params: dict,
+    params_hash: str,
+    input_hash: str | None = None,
+    stats: dict | None = None,
 ) -> None:
     conn.execute(
         f"INSERT INTO {SCHEMA}.materializations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [part.dataset, part.run_config, asset, run_id, params_hash, input_hash,
-         json.dumps(params), json.dumps(stats or {}), datetime.now(UTC).replace(tzinfo=None)],
+        [
+            part.dataset,
+            part.run_config,
+            asset,
+            run_id,
+            params_hash,
+            input_hash,
+            json.dumps(params),
+            json.dumps(stats or {}),
+            datetime.now(UTC).replace(tzinfo=None),
+        ],
     )
 
 
@@ -198,10 +217,12 @@ def put_vectors(conn, model: str, hashes: pl.Series, vectors: np.ndarray) -> Non
     known = model_dim(conn, model)
     if known is not None and known != dim:
         raise ValueError(f"model {model!r} returned {dim}-d vectors; the store holds {known}-d")
-    frame = pl.DataFrame({
-        "text_hash": hashes,
-        "embedding": pl.Series(vectors, dtype=pl.Array(pl.Float32, dim)),
-    })
+    frame = pl.DataFrame(
+        {
+            "text_hash": hashes,
+            "embedding": pl.Series(vectors, dtype=pl.Array(pl.Float32, dim)),
+        }
+    )
     with transaction(conn):
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {store_table(dim)} "

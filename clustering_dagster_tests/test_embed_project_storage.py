@@ -1,0 +1,135 @@
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from clustering_dagster.core.embed import make_encoder, normalise_rows
+from clustering_dagster.core.project import neighbours, project
+from clustering_dagster.core.run_config import EmbeddingConfig, ProjectionConfig
+from clustering_dagster.core.storage import (
+    SCHEMA,
+    Partition,
+    ensure_schema,
+    missing_hashes,
+    put_vectors,
+    read_partition,
+    replace_partition,
+    transaction,
+)
+
+from .openai_server import EMBEDDING_DIM, OpenAICompatibleServer
+
+
+def test_packaged_minilm_embeds_offline_and_puts_paraphrases_close():
+    encode = make_encoder(EmbeddingConfig(batch_size=2))
+    vectors = normalise_rows(
+        encode(
+            [
+                "My card has not arrived yet",
+                "When will my new card be delivered?",
+                "What is the exchange rate for dollars?",
+            ]
+        )
+    )
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.2
+
+
+def test_api_embeddings_go_through_litellm_over_http(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with OpenAICompatibleServer() as server:
+        config = EmbeddingConfig(
+            backend="litellm", model="openai/test-embedder", api_base=server.api_base, batch_size=2
+        )
+        vectors = make_encoder(config)(["card arrived", "card arrived late", "exchange rate"])
+    assert vectors.shape == (3, EMBEDDING_DIM)
+    assert [path for path, _ in server.requests] == ["/v1/embeddings"] * 2  # batches of 2
+    assert server.requests[0][1]["input"] == ["card arrived", "card arrived late"]
+    assert server.headers[0]["Authorization"] == "Bearer sk-test"
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_projection_shapes_and_small_input_fallback():
+    rng = np.random.default_rng(0)
+    vectors = np.concatenate([rng.normal(0, 1, (60, 20)), rng.normal(8, 1, (60, 20))])
+    result = project(
+        vectors.astype(np.float32), ProjectionConfig(pca_components=10, n_neighbors=10)
+    )
+    assert result.method == "umap"
+    assert result.cluster_space.shape == (120, 5) and result.map_2d.shape == (120, 2)
+    # the two groups stay apart in the cluster space
+    a, b = result.cluster_space[:60].mean(0), result.cluster_space[60:].mean(0)
+    assert np.linalg.norm(a - b) > 3 * result.cluster_space[:60].std(0).mean()
+    tiny = project(vectors[:3].astype(np.float32), ProjectionConfig())
+    assert tiny.method == "pca" and tiny.cluster_space.shape == (3, 5)
+    single = project(vectors[:1].astype(np.float32), ProjectionConfig())
+    assert single.map_2d.shape == (1, 2)
+
+
+def test_approximate_neighbours_for_large_inputs_agree_with_exact_ones():
+    rng = np.random.default_rng(0)
+    features = rng.normal(0, 1, (400, 8)).astype(np.float32)
+    exact, _ = neighbours(features, 10, seed=0)
+    approximate, distances = neighbours(features, 10, seed=0, exact_up_to=0)
+    assert (approximate[:, 0] == np.arange(400)).all() and (distances[:, 0] == 0).all()
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approximate, exact, strict=True)])
+    assert recall > 0.9
+
+
+@pytest.fixture
+def conn(tmp_path):
+    with duckdb.connect(str(tmp_path / "t.duckdb")) as connection:
+        ensure_schema(connection)
+        yield connection
+
+
+def _labels(n: int, name: str) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "level": [0] * n,
+            "level_name": "fine",
+            "cluster_id": list(range(n)),
+            "size": [1] * n,
+            "label": [name] * n,
+            "keywords": [["k"]] * n,
+            "examples": [["e"]] * n,
+            "labeler": "x",
+        }
+    )
+
+
+def test_a_failed_partition_write_leaves_the_previous_result(conn):
+    part, other = Partition("d", "default"), Partition("e", "default")
+    with transaction(conn):
+        replace_partition(conn, "cluster_labels", part, _labels(3, "old"))
+        replace_partition(conn, "cluster_labels", other, _labels(2, "other"))
+    with pytest.raises(duckdb.Error), transaction(conn):
+        replace_partition(conn, "cluster_labels", part, _labels(5, "new"))
+        replace_partition(conn, "cluster_labels", part, pl.DataFrame({"no_such_column": [1]}))
+    kept = read_partition(conn, "cluster_labels", part, "label", "cluster_id")
+    assert kept["label"].to_list() == ["old"] * 3
+    assert read_partition(conn, "cluster_labels", other, "label", "cluster_id").height == 2
+    with transaction(conn):
+        replace_partition(conn, "cluster_labels", part, _labels(5, "new"))
+    assert read_partition(conn, "cluster_labels", part, "label", "cluster_id").height == 5
+
+
+def test_vector_store_is_content_addressed_per_model(conn):
+    hashes = pl.Series(["a", "b", "c"])
+    assert missing_hashes(conn, "m", hashes).to_list() == ["a", "b", "c"]
+    put_vectors(conn, "m", pl.Series(["a", "b"]), np.eye(2, 4, dtype=np.float32))
+    put_vectors(conn, "m", pl.Series(["b"]), np.ones((1, 4), np.float32))  # already there: kept
+    assert missing_hashes(conn, "m", pl.Series(["a", "b", "c", "c"])).to_list() == ["c"]
+    assert missing_hashes(conn, "other", hashes).to_list() == ["a", "b", "c"]
+    stored = conn.execute(
+        f"SELECT text_hash, embedding FROM {SCHEMA}.embedding_store_4 ORDER BY text_hash"
+    ).fetchall()
+    assert stored == [("a", (1.0, 0.0, 0.0, 0.0)), ("b", (0.0, 1.0, 0.0, 0.0))]
+    column_type = conn.execute(
+        "SELECT data_type FROM information_schema.columns WHERE table_name = 'embedding_store_4' "
+        "AND column_name = 'embedding'"
+    ).fetchone()[0]
+    assert column_type == "FLOAT[4]"
+    with pytest.raises(ValueError, match="returned 3-d vectors; the store holds 4-d"):
+        put_vectors(conn, "m", pl.Series(["z"]), np.ones((1, 3), np.float32))
