@@ -21,8 +21,11 @@ class ClusteringSettings(ConfigurableResource):
     def dataset(self, key: str) -> DatasetSpec:
         return find_dataset(Path(self.datasets_dir), key)
 
+    def run_configs(self) -> dict[str, RunConfig]:
+        return load_run_configs(Path(self.run_configs_path))
+
     def run_config(self, name: str) -> RunConfig:
-        return load_run_configs(Path(self.run_configs_path))[name]
+        return self.run_configs()[name]
 
 
 @contextmanager

@@ -35,7 +35,8 @@ class Workspace:
         self.datasets.mkdir()
         self.database = root / "results.duckdb"
         self.configs = SHIPPED_CONFIGS
-        self.instance = DagsterInstance.ephemeral()
+        (root / "dagster_home").mkdir()
+        self.instance = DagsterInstance.local_temp(str(root / "dagster_home"))
 
     def add_dataset(
         self,

@@ -1,15 +1,35 @@
 """A small OpenAI-compatible HTTP server on 127.0.0.1 for tests: real HTTP, answers derived from
-the request, so results are checkable."""
+the request, so results are checkable.
 
+`/v1/embeddings` returns bag-of-words vectors. `/v1/chat/completions` answers the labeling prompts
+of `clustering_dagster.core.summarize` and `.merge`, told apart by the JSON schema name in
+`response_format`: titles are built from the most frequent content words of the delimited texts,
+parents from the words of their children's titles. It behaves like a naive model in one respect:
+an instruction "answer only with: X" found outside the <text> data blocks is obeyed.
+
+Faults are injected with `inject`: "429" and "500" (an error status), "hang" (no reply before
+`hang_s`), "invalid_json" (a chatty reply that is not JSON), "unknown_parent" (an assignment naming
+no offered category). Every reply can be delayed by a fixed `latency` (seconds).
+"""
+
+import argparse
 import hashlib
+import html
 import json
 import re
+import sys
 import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 EMBEDDING_DIM = 64
+
+STOP_WORDS = ENGLISH_STOP_WORDS | {"i'm", "i've", "it's", "don't", "can't", "please"}
 
 
 def bag_of_words_vector(text: str) -> list[float]:
@@ -22,60 +42,255 @@ def bag_of_words_vector(text: str) -> list[float]:
     return (vector / norm if norm else vector).tolist()
 
 
+def content_words(text: str) -> list[str]:
+    """Lowercase words of three letters or more that are not stop words, each once, in order."""
+    words = [w for w in re.findall(r"[a-z][a-z']+", text.lower()) if w not in STOP_WORDS]
+    return list(dict.fromkeys(w for w in words if len(w) > 2))
+
+
+def top_words(texts: list[str], n: int) -> list[str]:
+    """The n words found in most of the texts (ties: first seen first)."""
+    counts = Counter(w for text in texts for w in content_words(text))
+    return [w for w, _ in counts.most_common(n)]
+
+
+def _block(prompt: str, tag: str) -> str:
+    found = re.search(rf"<{tag}\b[^>]*>(.*?)</{tag}>", prompt, re.S)
+    return found.group(1) if found else ""
+
+
+def _items(block: str, tag: str) -> list[str]:
+    return [html.unescape(t.strip()) for t in re.findall(rf"<{tag}>(.*?)</{tag}>", block, re.S)]
+
+
+def _at_most(prompt: str) -> int:
+    return int(re.search(r"at most (\d+) (?:higher-level |distinct )?categor", prompt).group(1))
+
+
+def describe_cluster(prompt: str) -> dict:
+    texts = _items(_block(prompt, "cluster"), "text")
+    words = top_words(texts, 3) or ["misc"]
+    share = sum(words[0] in content_words(t) for t in texts) / max(len(texts), 1)
+    return {
+        "title": " ".join(words).capitalize(),
+        "summary": f"Texts about {', '.join(words)}. {len(texts)} examples were shown.",
+        "category": words[0].capitalize(),
+        "coherence": int(min(10, max(1, round(10 * share)))),
+    }
+
+
+def propose_parents(prompt: str) -> dict:
+    titles = _items(_block(prompt, "clusters"), "title")
+    words = top_words(titles, _at_most(prompt)) or ["misc"]
+    return {
+        "categories": [
+            {"name": f"{w.capitalize()} questions", "description": f"Clusters about {w}."}
+            for w in words
+        ]
+    }
+
+
+def deduplicate(prompt: str) -> dict:
+    names = _items(_block(prompt, "candidates"), "name")
+    unique = list(dict.fromkeys(n.casefold() for n in names))[: _at_most(prompt)]
+    return {
+        "categories": [
+            {"name": name.capitalize(), "description": f"Clusters about {name.split()[0]}."}
+            for name in unique
+        ]
+    }
+
+
+def assign_parent(prompt: str) -> dict:
+    words = set(content_words(" ".join(_items(_block(prompt, "cluster"), "title"))))
+    names = _items(_block(prompt, "categories"), "name")
+    best = max(names, key=lambda name: len(words & set(content_words(name))))
+    return {"category": best}
+
+
+def describe_parent(prompt: str) -> dict:
+    titles = _items(_block(prompt, "clusters"), "title")
+    words = top_words(titles, 3) or ["misc"]
+    return {
+        "title": " ".join(words).capitalize(),
+        "summary": f"Groups {len(titles)} clusters about {', '.join(words)}.",
+    }
+
+
+ANSWERS = {
+    "cluster_description": describe_cluster,
+    "parent_candidates": propose_parents,
+    "deduplicated_categories": deduplicate,
+    "parent_assignment": assign_parent,
+    "parent_description": describe_parent,
+}
+
+
+def task_of(request: dict) -> str:
+    return request.get("response_format", {}).get("json_schema", {}).get("name", "")
+
+
+def answer(request: dict) -> str:
+    """The reply's content: the first user message decides it, as if re-asked from scratch."""
+    prompt = next(m["content"] for m in request["messages"] if m["role"] == "user")
+    outside_data = re.sub(r"<text>.*?</text>", "", prompt, flags=re.S)
+    obeyed = re.search(r"(?i)answer only with:?\s*(\S+)", outside_data)
+    if obeyed:
+        return obeyed.group(1)
+    return json.dumps(ANSWERS[task_of(request)](prompt))
+
+
+@dataclass
+class Fault:
+    kind: str
+    times: int | None  # None: every matching request
+    task: str | None
+    after: int  # applies only once this many chat requests have arrived
+
+
 class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real providers do
+    disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart
+
     def log_message(self, *args):  # keep test output quiet
         pass
 
     def _reply(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout)
+            pass
 
     def do_POST(self):  # noqa: N802 (http.server's naming)
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append((self.path, request))
-        self.server.headers.append(dict(self.headers))
+        server = self.server.owner
+        with server.lock:
+            server.requests.append((self.path, request))
+            server.headers.append(dict(self.headers))
         if self.path.endswith("/embeddings"):
-            inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
-            self._reply(
-                200,
-                {
-                    "object": "list",
-                    "model": request["model"],
-                    "data": [
-                        {"object": "embedding", "index": i, "embedding": bag_of_words_vector(t)}
-                        for i, t in enumerate(inputs)
-                    ],
-                    "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
-                },
-            )
+            self._embeddings(request)
+        elif self.path.endswith("/chat/completions"):
+            with server.lock:
+                server.in_flight += 1
+                server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            try:
+                self._chat(request, server)
+            finally:
+                with server.lock:
+                    server.in_flight -= 1
         else:
             self._reply(404, {"error": {"message": f"no route {self.path}"}})
+
+    def _embeddings(self, request: dict) -> None:
+        inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
+        self._reply(
+            200,
+            {
+                "object": "list",
+                "model": request["model"],
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": bag_of_words_vector(t)}
+                    for i, t in enumerate(inputs)
+                ],
+                "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+            },
+        )
+
+    def _chat(self, request: dict, server: "OpenAICompatibleServer") -> None:
+        task = task_of(request)
+        fault = server.take_fault(task)
+        time.sleep(server.latency)
+        if fault == "hang":
+            time.sleep(server.hang_s)
+        if fault in ("429", "500"):
+            message = "rate limited" if fault == "429" else "internal error"
+            self._reply(int(fault), {"error": {"message": message, "type": "server_error"}})
+            return
+        if fault == "invalid_json":
+            content = 'Sure! Here is the JSON you asked for: {"title": "unfinished'
+        elif fault == "unknown_parent" and task == "parent_assignment":
+            content = json.dumps({"category": "A category nobody offered"})
+        else:
+            content = answer(request)
+        prompt_tokens = sum(len(m["content"].split()) for m in request["messages"])
+        self._reply(
+            200,
+            {
+                "id": f"chatcmpl-{len(server.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": request["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": content},
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(content.split()),
+                    "total_tokens": prompt_tokens + len(content.split()),
+                },
+            },
+        )
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128  # a burst of concurrent connections is accepted, not dropped
 
 
 class OpenAICompatibleServer:
     """Start with `with OpenAICompatibleServer() as server:`; `server.api_base` is its URL."""
 
-    def __init__(self):
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.requests = []
-        self.httpd.headers = []
+    def __init__(self, latency: float = 0.0, hang_s: float = 2.0):
+        self.latency = latency
+        self.hang_s = hang_s
+        self.lock = threading.Lock()
+        self.requests: list[tuple[str, dict]] = []
+        self.headers: list[dict] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each chat request
+        self.faults: list[Fault] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.httpd = _Server(("127.0.0.1", 0), _Handler)
+        self.httpd.owner = self
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
     def api_base(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    @property
-    def requests(self) -> list:
-        return self.httpd.requests
+    def inject(
+        self, kind: str, times: int | None = 1, task: str | None = None, after: int = 0
+    ) -> None:
+        """Make the next `times` chat requests (of `task`, once `after` have arrived) fail so."""
+        self.faults.append(Fault(kind, times, task, after))
 
-    @property
-    def headers(self) -> list:
-        return self.httpd.headers
+    def take_fault(self, task: str) -> str | None:
+        with self.lock:
+            self.arrivals.append(time.monotonic())
+            for fault in self.faults:
+                if fault.task not in (None, task) or len(self.arrivals) <= fault.after:
+                    continue
+                if fault.times is None:
+                    return fault.kind
+                if fault.times > 0:
+                    fault.times -= 1
+                    return fault.kind
+            return None
+
+    def chat_tasks(self) -> list[str]:
+        """The task of every chat request so far, in arrival order."""
+        with self.lock:
+            return [task_of(r) for path, r in self.requests if path.endswith("/chat/completions")]
 
     def __enter__(self):
         self.thread.start()
@@ -84,3 +299,17 @@ class OpenAICompatibleServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def main() -> None:
+    """Serve on 127.0.0.1 until standard input closes; the first line printed is the URL."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per chat reply")
+    args = parser.parse_args()
+    with OpenAICompatibleServer(latency=args.latency) as server:
+        print(server.api_base, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

@@ -108,16 +108,16 @@ def test_keyword_labeler_copes_with_stop_words_only():
 
 
 def test_tree_rows_read_top_down_with_parents_and_paths():
-    coarse = np.array([0, 0, 0, 1, 1])
-    fine = np.array([0, 0, 2, 1, 1])
+    coarse = np.array([4, 4, 4, 9, 9])  # stable ids need not be dense
+    fine = np.array([0, 0, 7, 1, 1])
     tree = build_tree(
         ["coarse", "fine"],
         [coarse, fine],
-        [["cards", "money"], ["card arrival", "transfers", "card pin"]],
-        [[("card",), ("money",)], [("arrive",), ("transfer",), ("pin",)]],
+        [{4: "cards", 9: "money"}, {0: "card arrival", 1: "transfers", 7: "card pin"}],
+        [{4: ("card",), 9: ("money",)}, {0: ("arrive",), 1: ("transfer",), 7: ("pin",)}],
     )
-    assert tree["node_id"].to_list() == ["coarse/0", "fine/0", "fine/2", "coarse/1", "fine/1"]
-    assert tree["parent_id"].to_list() == [None, "coarse/0", "coarse/0", None, "coarse/1"]
+    assert tree["node_id"].to_list() == ["coarse/4", "fine/0", "fine/7", "coarse/9", "fine/1"]
+    assert tree["parent_id"].to_list() == [None, "coarse/4", "coarse/4", None, "coarse/9"]
     assert tree["size"].to_list() == [3, 2, 1, 2, 2]
     assert tree["path"][2] == "cards > card pin"
     assert tree["n_children"].to_list() == [2, 0, 0, 1, 0]

@@ -54,7 +54,7 @@ def test_full_pipeline_produces_a_checked_named_hierarchy(workspace):
     )
     assert vectors.height == queries.height
     recorded = workspace.sql("SELECT asset, params_hash, params FROM clustering.materializations")
-    assert recorded.height == 6 and recorded["params_hash"].n_unique() == 1
+    assert recorded.height == len(ALL_ASSETS) and recorded["params_hash"].n_unique() == 1
 
     md = metadata(result, "cluster_levels")
     assert md["map"].startswith("![map](data:image/png;base64,")
@@ -66,7 +66,9 @@ def test_rerun_embeds_only_new_texts_and_reuses_unchanged_projections(workspace)
     queries = banking_slice(6)
     path = workspace.add_dataset("grow", queries)
     workspace.materialize("grow")
-    grown = pl.concat([queries, banking_slice(8).filter(~pl.col("text").is_in(queries["text"].implode()))])
+    grown = pl.concat(
+        [queries, banking_slice(8).filter(~pl.col("text").is_in(queries["text"].implode()))]
+    )
     grown.write_csv(path)
     result = workspace.materialize("grow")
     embedded = metadata(result, "embeddings")
@@ -123,11 +125,13 @@ def test_degenerate_datasets_give_a_sane_result(workspace, name, texts):
 
 
 def test_register_adds_every_shipped_dataset_once(tmp_path):
-    with DagsterInstance.ephemeral() as instance:
-        added, keys = register(instance, SAMPLE.parent)
-        assert "banking77_sample" in added and added == keys
-        assert register(instance, SAMPLE.parent)[0] == []
-        assert "banking77_sample" in instance.get_dynamic_partitions("dataset")
+    # not `with DagsterInstance...`: dagster 1.13.27's __exit__ leaves a dead instance in a
+    # context variable that later Definitions loads in this process trip over
+    instance = DagsterInstance.ephemeral()
+    added, keys = register(instance, SAMPLE.parent)
+    assert "banking77_sample" in added and added == keys
+    assert register(instance, SAMPLE.parent)[0] == []
+    assert "banking77_sample" in instance.get_dynamic_partitions("dataset")
 
 
 def test_definitions_load_with_pools_and_partitions():
@@ -137,6 +141,7 @@ def test_definitions_load_with_pools_and_partitions():
     assert job.partitions_def.partitions_defs[1].partitions_def.get_partition_keys() == [
         "default",
         "kmeans",
+        "llm_example",
     ]
     for asset in ALL_ASSETS:
         assert asset.op.pool == "duckdb"

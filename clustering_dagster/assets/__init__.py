@@ -3,8 +3,21 @@
 from .cluster_hierarchy import cluster_hierarchy
 from .cluster_labels import cluster_labels
 from .cluster_levels import cluster_levels
+from .cluster_summaries import cluster_summaries
 from .embeddings import embeddings
+from .incremental_assignments import incremental_assignments
+from .merged_hierarchy import merged_hierarchy
 from .projections import projections
 from .raw_texts import raw_texts
 
-ALL_ASSETS = [raw_texts, embeddings, projections, cluster_levels, cluster_labels, cluster_hierarchy]
+ALL_ASSETS = [
+    raw_texts,
+    embeddings,
+    projections,
+    cluster_levels,
+    cluster_labels,
+    cluster_hierarchy,
+    cluster_summaries,
+    merged_hierarchy,
+    incremental_assignments,
+]

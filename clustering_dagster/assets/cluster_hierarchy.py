@@ -26,8 +26,8 @@ def cluster_hierarchy(
     tree = build_tree(
         [level["level_name"][0] for level in levels],
         [level["cluster_id"].to_numpy() for level in levels],
-        [level["label"].to_list() for level in by_level],
-        [level["keywords"].to_list() for level in by_level],
+        [dict(zip(level["cluster_id"], level["label"], strict=True)) for level in by_level],
+        [dict(zip(level["cluster_id"], level["keywords"], strict=True)) for level in by_level],
     ).with_columns(position=pl.int_range(pl.len(), dtype=pl.Int32))
     with connection(duckdb) as conn:
         write_result(conn, context, part, config, {"hierarchy": tree})

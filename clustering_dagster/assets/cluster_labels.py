@@ -26,15 +26,15 @@ def cluster_labels(
     texts = rows["text"].to_list()
     frames = []
     for (depth, name), level in assignments.group_by("level", "level_name", maintain_order=True):
-        ids = level["cluster_id"].to_numpy()
-        labels = labeler.label(LevelTexts(ids, texts, vectors))
+        stable_ids, dense = np.unique(level["cluster_id"].to_numpy(), return_inverse=True)
+        labels = labeler.label(LevelTexts(dense, texts, vectors))
         frames.append(
             pl.DataFrame(
                 {
                     "level": np.full(len(labels), depth, np.int32),
                     "level_name": name,
-                    "cluster_id": np.array([c.cluster_id for c in labels], np.int32),
-                    "size": np.bincount(ids, minlength=len(labels)),
+                    "cluster_id": stable_ids[[c.cluster_id for c in labels]].astype(np.int32),
+                    "size": np.bincount(dense, minlength=len(labels)),
                     "label": [c.label for c in labels],
                     "keywords": [list(c.keywords) for c in labels],
                     "examples": [list(c.examples) for c in labels],

@@ -1,4 +1,5 @@
 import base64
+from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
@@ -13,14 +14,16 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
-from ..core.cluster import Level, fit_levels
+from ..core.cluster import Level, embedding_centroids, fit_levels
 from ..core.evaluate import agreement
+from ..core.lineage import first_clustering, match_clusters, previous_levels
 from ..core.plot import map_png
 from ..core.storage import (
-    SCHEMA,
     Partition,
     matrix_column,
     nesting_violations,
+    partition_vectors,
+    previous_clustering,
     read_partition,
     unassigned_texts,
 )
@@ -44,25 +47,6 @@ CHECKS = [
         description="NMI and ARI per level against the dataset's label column, if any.",
     ),
 ]
-
-
-def _assignments_frame(row_idx: pl.Series, levels: list[Level]) -> pl.DataFrame:
-    return pl.concat(
-        [
-            pl.DataFrame(
-                {
-                    "row_idx": row_idx,
-                    "level": np.full(len(row_idx), depth, np.int32),
-                    "level_name": level.name,
-                    "cluster_id": level.labels,
-                    "membership": level.membership,
-                    "noise": level.noise,
-                    "moved_to_nest": level.moved_to_nest,
-                }
-            )
-            for depth, level in enumerate(levels)
-        ]
-    )
 
 
 def _level_summary(levels: list[Level], truth: np.ndarray | None) -> pl.DataFrame:
@@ -129,36 +113,93 @@ def _checks(conn, part: Partition, summary: pl.DataFrame, has_truth: bool, quali
     return results
 
 
+def _stable_levels(levels: list[Level], rows: pl.DataFrame, vectors: np.ndarray, previous) -> tuple:
+    """Stable ids per level (previous ids kept where clusters match), centroids and lineage."""
+    hashes = rows["text_hash"].to_numpy()
+    assignments, centroids, lineage = [], [], []
+    for depth, level in enumerate(levels):
+        before = previous.get(level.name)
+        matching = (
+            match_clusters(level.labels, hashes, vectors, before)
+            if before is not None
+            else first_clustering(level.n_clusters)
+        )
+        ids = matching.stable_ids[level.labels]
+        assignments.append(
+            pl.DataFrame(
+                {
+                    "row_idx": rows["row_idx"],
+                    "text_hash": rows["text_hash"],
+                    "level": np.full(len(ids), depth, np.int32),
+                    "level_name": level.name,
+                    "cluster_id": ids,
+                    "membership": level.membership,
+                    "noise": level.noise,
+                    "moved_to_nest": level.moved_to_nest,
+                }
+            )
+        )
+        centre, radius = embedding_centroids(level.labels, vectors)
+        centroids.append(
+            pl.DataFrame(
+                {
+                    "level": np.full(level.n_clusters, depth, np.int32),
+                    "level_name": level.name,
+                    "cluster_id": matching.stable_ids,
+                    "size": np.bincount(level.labels),
+                    "centroid": pl.Series(centre, dtype=pl.Array(pl.Float32, centre.shape[1])).cast(
+                        pl.List(pl.Float32)
+                    ),
+                    "radius": radius,
+                }
+            )
+        )
+        lineage.append(
+            matching.lineage.with_columns(
+                level=pl.lit(depth, pl.Int32), level_name=pl.lit(level.name)
+            )
+        )
+    return pl.concat(assignments), pl.concat(centroids), pl.concat(lineage)
+
+
 @asset(deps=["projections"], check_specs=CHECKS, **ASSET_ARGS)
 def cluster_levels(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:
     """HDBSCAN (or KMeans) per configured level on the cluster space; every text gets a cluster at
-    every level (noise reassigned to the nearest centroid and flagged) and levels nest."""
+    every level (noise reassigned to the nearest centroid and flagged) and levels nest. Clusters
+    that match the previous clustering keep their ids; the lineage records what changed."""
     part, config = stage(context, clustering)
     with connection(duckdb) as conn:
         coords = read_partition(
             conn, "projections", part, "row_idx, cluster_space, map_x, map_y", "row_idx"
         )
-        truth_column = conn.execute(
-            f"SELECT ground_truth FROM {SCHEMA}.texts WHERE dataset = ? AND run_config = ? "
-            "ORDER BY row_idx",
-            [part.dataset, part.run_config],
-        ).pl()["ground_truth"]
+        rows, vectors = partition_vectors(conn, part)
+        truth_column = read_partition(conn, "texts", part, "ground_truth", "row_idx")[
+            "ground_truth"
+        ]
+        previous = previous_levels(*previous_clustering(conn, part))
     levels = fit_levels(
         matrix_column(coords, "cluster_space"), config.levels, config.projection.random_state
     )
     has_truth = truth_column.is_not_null().any()
     truth = truth_column.to_numpy() if has_truth else None
     summary = _level_summary(levels, truth)
+    assignments, centroids, lineage = _stable_levels(levels, rows, vectors, previous)
+    lineage = lineage.with_columns(
+        dagster_run_id=pl.lit(context.run.run_id),
+        recorded_at=pl.lit(datetime.now(UTC).replace(tzinfo=None)),
+    )
+    events = lineage.group_by("level_name", "event").len().sort("level_name", "event")
     with connection(duckdb) as conn:
         write_result(
             conn,
             context,
             part,
             config,
-            {"assignments": _assignments_frame(coords["row_idx"], levels)},
-            stats={"levels": summary.to_dicts()},
+            {"assignments": assignments, "cluster_centroids": centroids},
+            stats={"levels": summary.to_dicts(), "lineage": events.to_dicts()},
+            history={"cluster_lineage": lineage},
         )
         checks = _checks(conn, part, summary, has_truth, config.quality)
     png = map_png(
@@ -169,6 +210,9 @@ def cluster_levels(
     metadata = {
         "texts": coords.height,
         "levels": markdown_table(summary),
+        "lineage": markdown_table(
+            events.pivot("event", index="level_name", values="len").fill_null(0)
+        ),
         "map": MetadataValue.md(f"![map](data:image/png;base64,{base64.b64encode(png).decode()})"),
         "params_hash": config.params_hash(),
     }

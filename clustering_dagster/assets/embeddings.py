@@ -5,12 +5,39 @@ from dagster import AssetExecutionContext, MaterializeResult, asset
 from dagster_duckdb import DuckDBResource
 
 from ..core.embed import cache_key, make_encoder, pick_device
+from ..core.run_config import EmbeddingConfig
 from ..core.storage import missing_hashes, model_dim, put_vectors, read_partition
 from ..resources import ClusteringSettings, connection
 from .common import ASSET_ARGS, stage, write_result
 
 # Texts embedded between two cache writes: an interrupted run keeps what it embedded.
 CHUNK = 16_384
+
+
+def embed_missing(
+    context: AssetExecutionContext,
+    duckdb: DuckDBResource,
+    config: EmbeddingConfig,
+    texts: pl.DataFrame,
+) -> int:
+    """Embed the texts (columns text, text_hash) that the vector store lacks for this model, in
+    chunks committed as they finish; returns how many were embedded."""
+    model = cache_key(config)
+    with connection(duckdb) as conn:
+        missing = missing_hashes(conn, model, texts["text_hash"])
+    if len(missing) == 0:
+        return 0
+    encode = make_encoder(config)
+    todo = texts.filter(pl.col("text_hash").is_in(missing.implode())).unique(
+        "text_hash", keep="first", maintain_order=True
+    )
+    for start in range(0, todo.height, CHUNK):
+        chunk = todo.slice(start, CHUNK)
+        vectors = encode(chunk["text"].to_list())
+        with connection(duckdb) as conn:
+            put_vectors(conn, model, chunk["text_hash"], vectors)
+        context.log.info(f"embedded {start + chunk.height}/{todo.height} new texts")
+    return todo.height
 
 
 @asset(deps=["raw_texts"], **ASSET_ARGS)
@@ -22,24 +49,13 @@ def embeddings(
     model = cache_key(config.embedding)
     with connection(duckdb) as conn:
         texts = read_partition(conn, "texts", part, "row_idx, text, text_hash", "row_idx")
-        missing = missing_hashes(conn, model, texts["text_hash"])
     started = time.perf_counter()
-    if len(missing):
-        encode = make_encoder(config.embedding)
-        todo = texts.filter(pl.col("text_hash").is_in(missing.implode())).unique(
-            "text_hash", keep="first", maintain_order=True
-        )
-        for start in range(0, todo.height, CHUNK):
-            chunk = todo.slice(start, CHUNK)
-            vectors = encode(chunk["text"].to_list())
-            with connection(duckdb) as conn:
-                put_vectors(conn, model, chunk["text_hash"], vectors)
-            context.log.info(f"embedded {start + chunk.height}/{todo.height} new texts")
+    new = embed_missing(context, duckdb, config.embedding, texts)
     seconds = time.perf_counter() - started
     with connection(duckdb) as conn:
         dim = model_dim(conn, model)
         refs = texts.select("row_idx", "text_hash", model=pl.lit(model), dim=pl.lit(dim, pl.Int32))
-        stats = {"new": len(missing), "cached": texts["text_hash"].n_unique() - len(missing)}
+        stats = {"new": new, "cached": texts["text_hash"].n_unique() - new}
         write_result(conn, context, part, config, {"embeddings": refs}, stats=stats)
     device = (
         pick_device(config.embedding.device) if config.embedding.backend != "litellm" else "api"
@@ -47,13 +63,13 @@ def embeddings(
     return MaterializeResult(
         metadata={
             "texts": texts.height,
-            "newly_embedded": stats["new"],
+            "newly_embedded": new,
             "from_cache": stats["cached"],
             "model": model,
             "dimensions": dim,
             "device": device,
             "embedding_seconds": round(seconds, 2),
-            "texts_per_second": round(len(missing) / seconds, 1) if len(missing) else 0.0,
+            "texts_per_second": round(new / seconds, 1) if new else 0.0,
             "params_hash": config.params_hash(),
         }
     )

@@ -3,6 +3,7 @@ from dataclasses import asdict
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, asset
 from dagster_duckdb import DuckDBResource
 
+from ..core.datasets import source_hash
 from ..core.ingest import content_hash, load_texts
 from ..resources import ClusteringSettings, connection
 from .common import ASSET_ARGS, stage, write_result
@@ -35,6 +36,7 @@ def raw_texts(
             "text_column": spec.text_column,
             "label_column": spec.label_column or "",
             "content_hash": input_hash,
+            "source_hash": source_hash(spec),
             "params_hash": config.params_hash(),
         },
         data_version=DataVersion(input_hash),

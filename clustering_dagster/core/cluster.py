@@ -135,3 +135,22 @@ def fit_levels(space: np.ndarray, levels: Sequence[LevelConfig], seed: int | Non
         result.append(Level(level.name, labels, membership, noise, moved))
         finer = labels
     return result[::-1]
+
+
+# Members' cosine distance to their centroid below which this share of them lies: a cluster's radius.
+RADIUS_QUANTILE = 0.9
+
+
+def embedding_centroids(
+    labels: np.ndarray, embeddings: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit centroid per cluster id 0..k-1 in embedding space, and each cluster's radius (the
+    `RADIUS_QUANTILE` quantile of its members' cosine distance to the centroid)."""
+    from .embed import normalise_rows
+
+    unit = normalise_rows(embeddings)
+    k = int(labels.max()) + 1
+    centroids = normalise_rows(_centroids(unit, labels, k))
+    distance = 1 - np.einsum("ij,ij->i", unit, centroids[labels])
+    radius = np.array([np.quantile(distance[labels == c], RADIUS_QUANTILE) for c in range(k)])
+    return centroids.astype(np.float32), radius.astype(np.float32)

@@ -3,6 +3,7 @@
 An optional `<name>.yaml` beside a file or folder says which columns to read.
 """
 
+import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -58,11 +59,15 @@ def _read_spec_file(spec_path: Path) -> dict:
     return spec
 
 
+def _spec_file(path: Path) -> Path:
+    """The optional YAML beside a dataset file or folder."""
+    return path.parent / f"{path.name if path.is_dir() else path.stem}.yaml"
+
+
 def _spec_for(path: Path) -> DatasetSpec:
-    stem = path.name if path.is_dir() else path.stem
-    spec = _read_spec_file(path.parent / f"{stem}.yaml")
+    spec = _read_spec_file(_spec_file(path))
     return DatasetSpec(
-        key=slugify(stem),
+        key=slugify(path.name if path.is_dir() else path.stem),
         path=path,
         text_column=spec.get("text_column") or "text",
         id_column=spec.get("id_column"),
@@ -72,27 +77,61 @@ def _spec_for(path: Path) -> DatasetSpec:
     )
 
 
-def discover_datasets(root: Path) -> dict[str, DatasetSpec]:
-    """Every dataset under `root`, by slugified key. Two names with one key are an error."""
+def scan_datasets(root: Path) -> tuple[dict[str, DatasetSpec], dict[str, list[str]]]:
+    """Every dataset under `root` by slugified key, and the keys that several names make (those
+    are left out: which one is meant is for the user to say, by renaming)."""
     if not root.is_dir():
-        return {}
-    found: dict[str, DatasetSpec] = {}
+        return {}, {}
+    named: dict[str, list[DatasetSpec]] = {}
     for path in sorted(root.iterdir()):
         if path.name.startswith(".") or not (path.is_dir() or path.suffix in DATA_SUFFIXES):
             continue
         spec = _spec_for(path)
-        if spec.key in found:
-            raise InputError(
-                f"{found[spec.key].path.name} and {path.name} in {root} both make the dataset key "
-                f"{spec.key!r}: rename one of them"
-            )
-        found[spec.key] = spec
+        named.setdefault(spec.key, []).append(spec)
+    found = {key: specs[0] for key, specs in named.items() if len(specs) == 1}
+    clashes = {key: [s.path.name for s in specs] for key, specs in named.items() if len(specs) > 1}
+    return found, clashes
+
+
+def clash_message(root: Path, key: str, names: list[str]) -> str:
+    return f"{' and '.join(names)} in {root} all make the dataset key {key!r}: rename all but one"
+
+
+def discover_datasets(root: Path) -> dict[str, DatasetSpec]:
+    """Every dataset under `root`, by slugified key. Two names with one key are an error."""
+    found, clashes = scan_datasets(root)
+    for key, names in clashes.items():
+        raise InputError(clash_message(root, key, names))
     return found
 
 
 def find_dataset(root: Path, key: str) -> DatasetSpec:
-    datasets = discover_datasets(root)
+    datasets, clashes = scan_datasets(root)
+    if key in clashes:
+        raise InputError(clash_message(root, key, clashes[key]))
     if key not in datasets:
         known = ", ".join(sorted(datasets)) or "none"
         raise InputError(f"no dataset {key!r} under {root} (known: {known})")
     return datasets[key]
+
+
+def _inputs(spec: DatasetSpec) -> list[Path]:
+    spec_file = _spec_file(spec.path)
+    return [*spec.files, *([spec_file] if spec_file.exists() else [])]
+
+
+def fingerprint(spec: DatasetSpec) -> str:
+    """Cheap change detector: names, sizes and modification times of the dataset's files."""
+    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in _inputs(spec)]
+    return hashlib.blake2b(repr(stats).encode(), digest_size=16).hexdigest()
+
+
+def source_hash(spec: DatasetSpec) -> str:
+    """Hash of the bytes of the dataset's files and its YAML: changes only when content does."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in _inputs(spec):
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()

@@ -1,11 +1,9 @@
 """The cluster tree: one row per cluster at every level, with its parent one level up."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import polars as pl
-
-from .cluster import parent_map
 
 HIERARCHY_SCHEMA = {
     "node_id": pl.String,
@@ -26,43 +24,52 @@ def node_id(level_name: str, cluster_id: int) -> str:
     return f"{level_name}/{cluster_id}"
 
 
+def parents(child: np.ndarray, parent: np.ndarray) -> dict[int, int]:
+    """For each child cluster id, the parent cluster id holding most of its texts."""
+    pairs, counts = np.unique(np.stack([child, parent]), axis=1, return_counts=True)
+    order = np.lexsort((-counts, pairs[0]))  # by child, the largest overlap first
+    chosen = {}
+    for c, p in pairs[:, order].T.tolist():
+        chosen.setdefault(c, p)
+    return chosen
+
+
 def build_tree(
     level_names: Sequence[str],
     assignments: Sequence[np.ndarray],
-    labels: Sequence[Sequence[str]],
-    keywords: Sequence[Sequence[Sequence[str]]],
+    labels: Sequence[Mapping[int, str]],
+    keywords: Sequence[Mapping[int, Sequence[str]]],
 ) -> pl.DataFrame:
-    """Rows ordered depth-first, so reading them top-down reads the tree.
+    """Rows ordered depth-first, largest first, so reading them top-down reads the tree.
 
     `assignments[i]` is the nested cluster id per text at level i (coarse first); `labels[i][c]`
     and `keywords[i][c]` name cluster c of level i.
     """
     n = len(assignments[0])
-    parents = [None] + [
-        parent_map(assignments[i], assignments[i - 1]) for i in range(1, len(assignments))
+    sizes = [dict(zip(*np.unique(ids, return_counts=True), strict=True)) for ids in assignments]
+    parent_of = [{}] + [
+        parents(assignments[i], assignments[i - 1]) for i in range(1, len(assignments))
     ]
     children: dict[tuple[int, int], list[int]] = {}
     for depth in range(1, len(assignments)):
-        for child, parent in enumerate(parents[depth]):
-            children.setdefault((depth - 1, int(parent)), []).append(child)
+        for child, parent in parent_of[depth].items():
+            children.setdefault((depth - 1, parent), []).append(child)
     rows = []
 
     def visit(depth: int, cluster: int, parent_path: str | None) -> None:
         name = labels[depth][cluster]
         path = name if parent_path is None else f"{parent_path} > {name}"
-        size = int(np.count_nonzero(assignments[depth] == cluster))
-        kids = children.get((depth, cluster), [])
+        kids = sorted(children.get((depth, cluster), []), key=lambda c: -sizes[depth + 1][c])
+        parent = parent_of[depth].get(cluster)
         rows.append(
             {
                 "node_id": node_id(level_names[depth], cluster),
-                "parent_id": None
-                if depth == 0
-                else node_id(level_names[depth - 1], int(parents[depth][cluster])),
+                "parent_id": None if parent is None else node_id(level_names[depth - 1], parent),
                 "level": depth,
                 "level_name": level_names[depth],
                 "cluster_id": cluster,
-                "size": size,
-                "share": size / n,
+                "size": int(sizes[depth][cluster]),
+                "share": sizes[depth][cluster] / n,
                 "n_children": len(kids),
                 "label": name,
                 "keywords": list(keywords[depth][cluster]),
@@ -72,8 +79,8 @@ def build_tree(
         for kid in kids:
             visit(depth + 1, kid, path)
 
-    for root in range(int(assignments[0].max()) + 1):
-        visit(0, root, None)
+    for root in sorted(sizes[0], key=lambda c: -sizes[0][c]):
+        visit(0, int(root), None)
     return pl.DataFrame(rows, schema=HIERARCHY_SCHEMA)
 
 

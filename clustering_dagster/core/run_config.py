@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -50,10 +51,65 @@ class LevelConfig(_Strict):
         return self
 
 
+class LLMSettings(_Strict):
+    """One LLM summary run: the model, its limits, the prompt, and how the merged tree is built."""
+
+    model: str = Field(min_length=1, description="a litellm model string, e.g. ollama/llama3.1")
+    api_base: str | None = None
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(1000, ge=16)
+    max_concurrency: int = Field(8, ge=1)
+    requests_per_minute: float | None = Field(None, gt=0)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0, description="retries after a 429, a 5xx or a timeout")
+    invalid_retries: int = Field(2, ge=0, description="re-asks after a reply that is not valid")
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles, with jitter")
+    examples_per_cluster: int = Field(10, ge=1)
+    random_examples: int = Field(4, ge=0, description="of the examples, drawn at random")
+    chars_per_example: int = Field(300, ge=20)
+    contrast_clusters: int = Field(3, ge=0, description="nearest other clusters shown")
+    contrast_examples: int = Field(2, ge=1, description="texts shown per contrast cluster")
+    prompt: str | None = Field(None, description="replaces the default instructions")
+    business_context: str | None = None
+    parent_levels: int = Field(2, ge=0, description="merged levels above the base clusters")
+    merge_ratio: float = Field(4.0, gt=1, description="children per parent, on average")
+    neighbourhood_size: int = Field(20, ge=2, description="clusters per proposal prompt")
+
+    @model_validator(mode="after")
+    def _random_within_examples(self):
+        if self.random_examples > self.examples_per_cluster:
+            raise ValueError("random_examples cannot exceed examples_per_cluster")
+        return self
+
+
+# The alias under which the offline keyword labeler's summaries and tree are stored.
+OFFLINE_ALIAS = "keywords"
+
+
 class LabelerConfig(_Strict):
-    kind: Literal["keywords"] = "keywords"
+    kind: Literal["keywords", "llm"] = "keywords"
     n_keywords: int = Field(8, ge=1)
     n_examples: int = Field(5, ge=1)
+    summaries: dict[str, LLMSettings] = Field(
+        default_factory=dict, description="kind llm: summary runs by alias, kept side by side"
+    )
+
+    @model_validator(mode="after")
+    def _summaries_match_kind(self):
+        if self.kind == "llm" and not self.summaries:
+            raise ValueError("labeler kind llm needs summaries: {alias: {model: ...}}")
+        if self.kind == "keywords" and self.summaries:
+            raise ValueError("summaries need labeler kind llm")
+        for alias in self.summaries:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", alias) or alias == OFFLINE_ALIAS:
+                raise ValueError(
+                    f"summary alias {alias!r}: use letters, digits, _ . - (not {OFFLINE_ALIAS!r})"
+                )
+        return self
+
+    def aliases(self) -> list[str]:
+        """The summary runs this configuration materialises, by alias."""
+        return list(self.summaries) if self.kind == "llm" else [OFFLINE_ALIAS]
 
 
 class QualityConfig(_Strict):
@@ -61,14 +117,26 @@ class QualityConfig(_Strict):
     min_ari: float = 0.3
 
 
+class IncrementalConfig(_Strict):
+    neighbours: int = Field(10, ge=1, description="clustered texts that vote on a new text")
+    max_new_share: float = Field(
+        0.2, gt=0, description="above this share of appended texts the schedule re-clusters"
+    )
+    max_outlier_share: float = Field(
+        0.1, gt=0, description="above this share of ill-fitting new texts it re-clusters"
+    )
+
+
 class RunConfig(_Strict):
     name: str
     description: str = ""
+    active: bool = Field(True, description="clustered by the dataset sensor and the schedule")
     embedding: EmbeddingConfig = EmbeddingConfig()
     projection: ProjectionConfig = ProjectionConfig()
     levels: tuple[LevelConfig, ...] = Field(min_length=1)
     labeler: LabelerConfig = LabelerConfig()
     quality: QualityConfig = QualityConfig()
+    incremental: IncrementalConfig = IncrementalConfig()
 
     @model_validator(mode="after")
     def _unique_level_names(self):
@@ -81,7 +149,8 @@ class RunConfig(_Strict):
         return self.model_dump(mode="json")
 
     def params_hash(self) -> str:
-        return stable_hash(self.params())
+        """Hash of what shapes the results (not the name, description or `active`)."""
+        return stable_hash(self.model_dump(mode="json", exclude={"name", "description", "active"}))
 
 
 def stable_hash(value) -> str:

@@ -21,3 +21,7 @@ def datasets_dir() -> Path:
 
 def run_configs_path() -> Path:
     return _path("CLUSTERING_RUN_CONFIGS", DATA_DIR / "run_configs.yaml")
+
+
+def operations_path() -> Path:
+    return _path("CLUSTERING_OPERATIONS", DATA_DIR / "operations.yaml")

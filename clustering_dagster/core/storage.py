@@ -31,8 +31,18 @@ TABLES = {
         input_hash VARCHAR NOT NULL""",
     "assignments": """
         dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, row_idx INTEGER NOT NULL,
-        level INTEGER NOT NULL, level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL,
-        membership FLOAT NOT NULL, noise BOOLEAN NOT NULL, moved_to_nest BOOLEAN NOT NULL""",
+        text_hash VARCHAR NOT NULL, level INTEGER NOT NULL, level_name VARCHAR NOT NULL,
+        cluster_id INTEGER NOT NULL, membership FLOAT NOT NULL, noise BOOLEAN NOT NULL,
+        moved_to_nest BOOLEAN NOT NULL""",
+    "cluster_centroids": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, level INTEGER NOT NULL,
+        level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL, size BIGINT NOT NULL,
+        centroid FLOAT[] NOT NULL, radius FLOAT NOT NULL""",
+    "cluster_lineage": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, level INTEGER NOT NULL,
+        level_name VARCHAR NOT NULL, cluster_id INTEGER, previous_cluster_id INTEGER,
+        event VARCHAR NOT NULL, shared_texts BIGINT NOT NULL, share_of_new DOUBLE,
+        share_of_previous DOUBLE, dagster_run_id VARCHAR, recorded_at TIMESTAMP NOT NULL""",
     "cluster_labels": """
         dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, level INTEGER NOT NULL,
         level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL, size BIGINT NOT NULL,
@@ -45,10 +55,47 @@ TABLES = {
         position INTEGER NOT NULL""",
     "materializations": """
         dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, asset VARCHAR NOT NULL,
-        dagster_run_id VARCHAR, params_hash VARCHAR NOT NULL, input_hash VARCHAR,
-        params JSON NOT NULL, stats JSON, materialized_at TIMESTAMP NOT NULL""",
+        dagster_run_id VARCHAR, params_hash VARCHAR NOT NULL, code_version VARCHAR NOT NULL,
+        input_hash VARCHAR, rows BIGINT NOT NULL, seconds DOUBLE NOT NULL, params JSON NOT NULL,
+        stats JSON, materialized_at TIMESTAMP NOT NULL""",
+    "incremental_assignments": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, text_id VARCHAR,
+        text VARCHAR NOT NULL, text_hash VARCHAR NOT NULL, source_file VARCHAR,
+        level INTEGER NOT NULL, level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL,
+        confidence FLOAT NOT NULL, fits BOOLEAN NOT NULL, map_x FLOAT, map_y FLOAT""",
     "embedding_models": "model VARCHAR PRIMARY KEY, dim INTEGER NOT NULL",
+    "cluster_summaries": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, alias VARCHAR NOT NULL,
+        level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL, size BIGINT NOT NULL,
+        title VARCHAR NOT NULL, summary VARCHAR NOT NULL, category VARCHAR, coherence INTEGER,
+        keywords VARCHAR[], examples VARCHAR[], labeler VARCHAR NOT NULL,
+        fallback BOOLEAN NOT NULL, settings_hash VARCHAR NOT NULL""",
+    "merged_hierarchy": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, alias VARCHAR NOT NULL,
+        node_id VARCHAR NOT NULL, parent_id VARCHAR, level INTEGER NOT NULL,
+        level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL, size BIGINT NOT NULL,
+        share DOUBLE NOT NULL, n_children INTEGER NOT NULL, title VARCHAR NOT NULL,
+        summary VARCHAR NOT NULL, keywords VARCHAR[], path VARCHAR, position INTEGER NOT NULL,
+        method VARCHAR NOT NULL, assigned_by VARCHAR, fallback BOOLEAN NOT NULL""",
+    "llm_calls": """
+        cache_key VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, task VARCHAR NOT NULL,
+        params JSON NOT NULL, prompt_hash VARCHAR NOT NULL, answer JSON NOT NULL,
+        calls INTEGER NOT NULL, prompt_tokens BIGINT, completion_tokens BIGINT, cost_usd DOUBLE,
+        created_at TIMESTAMP NOT NULL""",
 }
+
+
+# One row per Dagster run and partition: what it materialised, with which code, how long each took.
+RUNS_VIEW = f"""
+CREATE OR REPLACE VIEW {SCHEMA}.runs AS
+SELECT dagster_run_id, dataset, run_config, any_value(params_hash) AS params_hash,
+       any_value(code_version) AS code_version, min(materialized_at) AS first_materialized_at,
+       max(materialized_at) AS last_materialized_at, round(sum(seconds), 2) AS seconds,
+       map(list(asset ORDER BY materialized_at), list(round(seconds, 2) ORDER BY materialized_at))
+           AS stage_seconds,
+       map(list(asset ORDER BY materialized_at), list(rows ORDER BY materialized_at)) AS stage_rows
+FROM {SCHEMA}.materializations GROUP BY ALL
+"""
 
 
 @dataclass(frozen=True)
@@ -69,6 +116,7 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     for name, columns in TABLES.items():
         conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.{name} ({columns})")
+    conn.execute(RUNS_VIEW)
 
 
 @contextmanager
@@ -88,6 +136,11 @@ def replace_partition(conn, table: str, part: Partition, frame: pl.DataFrame) ->
         f"DELETE FROM {SCHEMA}.{table} WHERE dataset = ? AND run_config = ?",
         [part.dataset, part.run_config],
     )
+    append_rows(conn, table, part, frame)
+
+
+def append_rows(conn, table: str, part: Partition, frame: pl.DataFrame) -> None:
+    """Insert `frame` as rows of the partition (columns matched by name)."""
     conn.register("_frame", frame.to_arrow())
     try:
         conn.execute(
@@ -99,6 +152,17 @@ def replace_partition(conn, table: str, part: Partition, frame: pl.DataFrame) ->
         conn.unregister("_frame")
 
 
+def replace_aliases(conn, table: str, part: Partition, frame: pl.DataFrame) -> None:
+    """`replace_partition` for a table keyed by alias too: only the rows of the aliases in `frame`
+    are deleted, so the partition's other aliases stay; call inside `transaction`."""
+    aliases = frame["alias"].unique().to_list()
+    conn.execute(
+        f"DELETE FROM {SCHEMA}.{table} WHERE dataset = ? AND run_config = ? AND list_contains(?, alias)",
+        [part.dataset, part.run_config, aliases],
+    )
+    append_rows(conn, table, part, frame)
+
+
 def read_partition(conn, table: str, part: Partition, columns: str, order_by: str) -> pl.DataFrame:
     return conn.execute(
         f"SELECT {columns} FROM {SCHEMA}.{table} WHERE dataset = ? AND run_config = ? "
@@ -107,27 +171,38 @@ def read_partition(conn, table: str, part: Partition, columns: str, order_by: st
     ).pl()
 
 
-def record_materialization(
-    conn,
-    part: Partition,
-    asset: str,
-    run_id: str | None,
-    params: dict,
-    params_hash: str,
-    input_hash: str | None = None,
-    stats: dict | None = None,
-) -> None:
+@dataclass(frozen=True)
+class MaterializationRecord:
+    """One row of `materializations`: what ran, with which parameters and code, how long."""
+
+    asset: str
+    run_id: str | None
+    params: dict
+    params_hash: str
+    code_version: str
+    rows: int
+    seconds: float
+    input_hash: str | None = None
+    stats: dict | None = None
+
+
+def record_materialization(conn, part: Partition, record: MaterializationRecord) -> None:
     conn.execute(
-        f"INSERT INTO {SCHEMA}.materializations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO {SCHEMA}.materializations BY NAME SELECT ? AS dataset, ? AS run_config, "
+        "? AS asset, ? AS dagster_run_id, ? AS params_hash, ? AS code_version, ? AS input_hash, "
+        "? AS rows, ? AS seconds, ? AS params, ? AS stats, ? AS materialized_at",
         [
             part.dataset,
             part.run_config,
-            asset,
-            run_id,
-            params_hash,
-            input_hash,
-            json.dumps(params),
-            json.dumps(stats or {}),
+            record.asset,
+            record.run_id,
+            record.params_hash,
+            record.code_version,
+            record.input_hash,
+            record.rows,
+            record.seconds,
+            json.dumps(record.params),
+            json.dumps(record.stats or {}),
             datetime.now(UTC).replace(tzinfo=None),
         ],
     )
@@ -140,6 +215,23 @@ def find_projection(conn, input_hash: str) -> Partition | None:
         [input_hash],
     ).fetchone()
     return Partition(*row) if row else None
+
+
+def previous_clustering(conn, part: Partition) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The partition's stored assignments (level_name, text_hash, cluster_id), centroids
+    (level_name, cluster_id, centroid) and the largest id each level ever used (lineage)."""
+    assignments = read_partition(
+        conn, "assignments", part, "level_name, text_hash, cluster_id", "level, row_idx"
+    )
+    centroids = read_partition(
+        conn, "cluster_centroids", part, "level_name, cluster_id, centroid", "level, cluster_id"
+    )
+    largest = conn.execute(
+        f"SELECT level_name, max(greatest(cluster_id, previous_cluster_id)) AS max_id "
+        f"FROM {SCHEMA}.cluster_lineage WHERE dataset = ? AND run_config = ? GROUP BY ALL",
+        [part.dataset, part.run_config],
+    ).pl()
+    return assignments, centroids, largest
 
 
 def unassigned_texts(conn, part: Partition) -> int:
@@ -269,6 +361,23 @@ def partition_vectors(conn, part: Partition) -> tuple[pl.DataFrame, np.ndarray]:
         [part.dataset, part.run_config],
     ).pl()
     return frame.drop("embedding"), _to_matrix(frame["embedding"])
+
+
+def vectors_for(conn, model: str, hashes: pl.Series) -> np.ndarray:
+    """Stored vectors of `model` for `hashes`, in their order (each must be stored)."""
+    dim = model_dim(conn, model)
+    conn.register("_wanted", pl.DataFrame({"text_hash": hashes}).with_row_index("i").to_arrow())
+    try:
+        frame = conn.execute(
+            f"SELECT w.i, s.embedding FROM _wanted w JOIN {store_table(dim)} s "
+            "ON s.model = ? AND s.text_hash = w.text_hash ORDER BY w.i",
+            [model],
+        ).pl()
+    finally:
+        conn.unregister("_wanted")
+    if frame.height != len(hashes):
+        raise LookupError(f"{len(hashes) - frame.height} texts have no stored {model} vector")
+    return _to_matrix(frame["embedding"])
 
 
 def matrix_column(frame: pl.DataFrame, column: str) -> np.ndarray:

@@ -1,0 +1,57 @@
+from functools import partial
+
+import polars as pl
+from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster_duckdb import DuckDBResource
+
+from ..core.summarize import describe_clusters, offline_descriptions, read_base_clusters
+from ..resources import ClusteringSettings, connection
+from .common import ASSET_ARGS, markdown_table, stage, write_result
+from .summary_runs import cost_metadata, summary_runs
+
+LARGEST_SHOWN = 10
+
+
+@asset(deps=["cluster_labels"], **ASSET_ARGS)
+def cluster_summaries(
+    context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
+) -> MaterializeResult:
+    """Title, summary, category and coherence of every finest-level cluster, per summary alias:
+    from an LLM (labeler kind llm, calls cached) or from the keyword labels (offline)."""
+    part, config = stage(context, clustering)
+    frames = []
+    with connection(duckdb) as conn:
+        base = read_base_clusters(conn, part)
+        runs = summary_runs(conn, context, config)
+        for run in runs:
+            if run.client is None:
+                frame = offline_descriptions(base)
+            else:
+                settings = config.labeler.summaries[run.alias]
+                frame = run.client.run(partial(describe_clusters, run.client, settings, base))
+            frames.append(
+                frame.with_columns(
+                    alias=pl.lit(run.alias),
+                    level_name=pl.lit(base.level_name),
+                    labeler=pl.lit(run.labeler),
+                    settings_hash=pl.lit(run.settings_hash),
+                )
+            )
+        table = pl.concat(frames)
+        fallbacks = {
+            alias: int(rows["fallback"].sum())
+            for (alias,), rows in table.group_by("alias", maintain_order=True)
+        }
+        metadata = cost_metadata(runs, fallbacks)
+        stats = {k: v for k, v in metadata.items() if k != "summary_runs"}
+        write_result(
+            conn, context, part, config, {}, stats=stats, aliased={"cluster_summaries": table}
+        )
+    metadata |= {"clusters": base.offline.height, "level": base.level_name}
+    for (alias,), rows in table.group_by("alias", maintain_order=True):
+        metadata[f"largest_{alias}"] = markdown_table(
+            rows.sort("size", descending=True)
+            .head(LARGEST_SHOWN)
+            .select("cluster_id", "size", "title", "category", "coherence", "fallback")
+        )
+    return MaterializeResult(metadata=metadata | {"params_hash": config.params_hash()})

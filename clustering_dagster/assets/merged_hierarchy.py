@@ -1,0 +1,74 @@
+from functools import partial
+
+import polars as pl
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster_duckdb import DuckDBResource
+
+from ..core.hierarchy import render_tree
+from ..core.label import KeywordLabeler
+from ..core.merge import Merger, Node, offline_tree, stored_encoder
+from ..core.storage import SCHEMA, read_partition
+from ..core.summarize import read_base_clusters
+from ..resources import ClusteringSettings, connection
+from .common import ASSET_ARGS, stage, write_result
+from .summary_runs import cost_metadata, summary_runs
+
+
+@asset(deps=["cluster_summaries", "cluster_hierarchy"], **ASSET_ARGS)
+def merged_hierarchy(
+    context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
+) -> MaterializeResult:
+    """The named tree per summary alias: LLM-named parent levels merged over the base clusters
+    (Clio's method), or offline the HDBSCAN levels with their keyword labels."""
+    part, config = stage(context, clustering)
+    labeler = KeywordLabeler(config.labeler.n_keywords, config.labeler.n_examples)
+    trees = []
+    with connection(duckdb) as conn:
+        base = read_base_clusters(conn, part)
+        summaries = conn.execute(
+            f"SELECT * FROM {SCHEMA}.cluster_summaries WHERE dataset = ? AND run_config = ? "
+            "ORDER BY alias, cluster_id",
+            [part.dataset, part.run_config],
+        ).pl()
+        runs = summary_runs(conn, context, config)
+        for run in runs:
+            mine = summaries.filter(pl.col("alias") == run.alias)
+            if mine["cluster_id"].to_list() != base.cluster_ids:
+                raise LookupError(
+                    f"the summaries of alias {run.alias!r} do not match the clusters of {part}: "
+                    "materialise cluster_summaries first"
+                )
+            if run.client is None:
+                tree = offline_tree(
+                    read_partition(conn, "hierarchy", part, "*", "position"),
+                    read_partition(
+                        conn, "cluster_labels", part, "level, cluster_id, examples", "level"
+                    ),
+                )
+            else:
+                settings = config.labeler.summaries[run.alias]
+                merger = Merger(
+                    run.client, settings, base, stored_encoder(conn, config.embedding), labeler
+                )
+                nodes = [Node(*row) for row in mine.select("title", "summary", "fallback").rows()]
+                tree = merger.tree(mine, run.client.run(partial(merger.levels, nodes)))
+            trees.append(tree.with_columns(alias=pl.lit(run.alias)))
+        table = pl.concat(trees)
+        fallbacks = {
+            run.alias: int(tree.filter(pl.col("level_name") != base.level_name)["fallback"].sum())
+            for run, tree in zip(runs, trees, strict=True)
+        }
+        metadata = cost_metadata(runs, fallbacks)
+        stats = {k: v for k, v in metadata.items() if k != "summary_runs"}
+        write_result(
+            conn, context, part, config, {}, stats=stats, aliased={"merged_hierarchy": table}
+        )
+    for run, tree in zip(runs, trees, strict=True):
+        outline = render_tree(tree.rename({"title": "label"}))
+        metadata |= {
+            f"levels_{run.alias}": int(tree["level"].max()) + 1,
+            f"roots_{run.alias}": int(tree["parent_id"].is_null().sum()),
+            f"assigned_by_embedding_{run.alias}": int((tree["assigned_by"] == "embedding").sum()),
+            f"outline_{run.alias}": MetadataValue.md(f"```\n{outline}\n```"),
+        }
+    return MaterializeResult(metadata=metadata | {"params_hash": config.params_hash()})
