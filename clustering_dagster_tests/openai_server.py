@@ -7,9 +7,9 @@ of `clustering_dagster.core.summarize` and `.merge`, told apart by the JSON sche
 parents from the words of their children's titles. It behaves like a naive model in one respect:
 an instruction "answer only with: X" found outside the <text> data blocks is obeyed.
 
-Faults are injected with `inject`: "429" and "500" (an error status), "hang" (no reply before
-`hang_s`), "invalid_json" (a chatty reply that is not JSON), "unknown_parent" (an assignment naming
-no offered category). Every reply can be delayed by a fixed `latency` (seconds).
+Faults are injected with `inject`: "429", "500" and "401" (an error status), "hang" (no reply
+before `hang_s`), "invalid_json" (a chatty reply that is not JSON), "unknown_parent" (an
+assignment naming no offered category). Every reply can be delayed by a fixed `latency` (seconds).
 """
 
 import argparse
@@ -207,8 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
         time.sleep(server.latency)
         if fault == "hang":
             time.sleep(server.hang_s)
-        if fault in ("429", "500"):
-            message = "rate limited" if fault == "429" else "internal error"
+        if fault in ("429", "500", "401"):
+            message = {"429": "rate limited", "500": "internal error", "401": "invalid key"}[fault]
             self._reply(int(fault), {"error": {"message": message, "type": "server_error"}})
             return
         if fault == "invalid_json":

@@ -153,12 +153,13 @@ def test_sensor_does_not_rerun_a_dataset_clustered_from_the_same_files(workspace
 
 
 def _nightly(workspace):
-    context = build_schedule_context(
+    # `with`: the context opens its own instance, which must not outlive the evaluation
+    with build_schedule_context(
         instance=workspace.instance,
         resources={"clustering": _settings(workspace)},
         scheduled_execution_time=datetime(2026, 11, 22, 2, tzinfo=UTC),
-    )
-    return nightly_reclustering(context)
+    ) as context:
+        return nightly_reclustering(context)
 
 
 def test_nightly_schedule_reclusters_only_what_changed(workspace):

@@ -19,31 +19,32 @@ def cluster_summaries(
     """Title, summary, category and coherence of every finest-level cluster, per summary alias:
     from an LLM (labeler kind llm, calls cached) or from the keyword labels (offline)."""
     part, config = stage(context, clustering)
-    frames = []
     with connection(duckdb) as conn:
         base = read_base_clusters(conn, part)
-        runs = summary_runs(conn, context, config)
-        for run in runs:
-            if run.client is None:
-                frame = offline_descriptions(base)
-            else:
-                settings = config.labeler.summaries[run.alias]
-                frame = run.client.run(partial(describe_clusters, run.client, settings, base))
-            frames.append(
-                frame.with_columns(
-                    alias=pl.lit(run.alias),
-                    level_name=pl.lit(base.level_name),
-                    labeler=pl.lit(run.labeler),
-                    settings_hash=pl.lit(run.settings_hash),
-                )
+    runs = summary_runs(duckdb, context, config)
+    frames = []
+    for run in runs:
+        if run.client is None:
+            frame = offline_descriptions(base)
+        else:
+            settings = config.labeler.summaries[run.alias]
+            frame = run.client.run(partial(describe_clusters, run.client, settings, base))
+        frames.append(
+            frame.with_columns(
+                alias=pl.lit(run.alias),
+                level_name=pl.lit(base.level_name),
+                labeler=pl.lit(run.labeler),
+                settings_hash=pl.lit(run.settings_hash),
             )
-        table = pl.concat(frames)
-        fallbacks = {
-            alias: int(rows["fallback"].sum())
-            for (alias,), rows in table.group_by("alias", maintain_order=True)
-        }
-        metadata = cost_metadata(runs, fallbacks)
-        stats = {k: v for k, v in metadata.items() if k != "summary_runs"}
+        )
+    table = pl.concat(frames)
+    fallbacks = {
+        alias: int(rows["fallback"].sum())
+        for (alias,), rows in table.group_by("alias", maintain_order=True)
+    }
+    metadata = cost_metadata(runs, fallbacks)
+    stats = {k: v for k, v in metadata.items() if k != "summary_runs"}
+    with connection(duckdb) as conn:
         write_result(
             conn, context, part, config, {}, stats=stats, aliased={"cluster_summaries": table}
         )

@@ -83,7 +83,11 @@ def incremental_assignments(
             )
             .with_row_index("row")
         )
-        frame = assigned.join(placed.cast({"row": pl.Int32}), on="row").select(list(SCHEMA)).cast(SCHEMA)
+        frame = (
+            assigned.join(placed.cast({"row": pl.Int32}), on="row")
+            .select(list(SCHEMA))
+            .cast(SCHEMA)
+        )
     finest = frame.filter(pl.col("level") == frame["level"].max()) if frame.height else frame
     outlier_share = float((~finest["fits"]).mean()) if finest.height else 0.0
     new_share = new.height / max(rows.height, 1)

@@ -21,45 +21,49 @@ def merged_hierarchy(
     """The named tree per summary alias: LLM-named parent levels merged over the base clusters
     (Clio's method), or offline the HDBSCAN levels with their keyword labels."""
     part, config = stage(context, clustering)
-    labeler = KeywordLabeler(config.labeler.n_keywords, config.labeler.n_examples)
-    trees = []
+    runs = summary_runs(duckdb, context, config)
     with connection(duckdb) as conn:
         base = read_base_clusters(conn, part)
         summaries = conn.execute(
             f"SELECT * FROM {SCHEMA}.cluster_summaries WHERE dataset = ? AND run_config = ? "
-            "ORDER BY alias, cluster_id",
-            [part.dataset, part.run_config],
+            "AND list_contains(?, alias) ORDER BY alias, cluster_id",
+            [part.dataset, part.run_config, [run.alias for run in runs]],
         ).pl()
-        runs = summary_runs(conn, context, config)
-        for run in runs:
-            mine = summaries.filter(pl.col("alias") == run.alias)
-            if mine["cluster_id"].to_list() != base.cluster_ids:
-                raise LookupError(
-                    f"the summaries of alias {run.alias!r} do not match the clusters of {part}: "
-                    "materialise cluster_summaries first"
-                )
-            if run.client is None:
-                tree = offline_tree(
-                    read_partition(conn, "hierarchy", part, "*", "position"),
-                    read_partition(
-                        conn, "cluster_labels", part, "level, cluster_id, examples", "level"
-                    ),
-                )
-            else:
-                settings = config.labeler.summaries[run.alias]
-                merger = Merger(
-                    run.client, settings, base, stored_encoder(conn, config.embedding), labeler
-                )
-                nodes = [Node(*row) for row in mine.select("title", "summary", "fallback").rows()]
-                tree = merger.tree(mine, run.client.run(partial(merger.levels, nodes)))
-            trees.append(tree.with_columns(alias=pl.lit(run.alias)))
-        table = pl.concat(trees)
-        fallbacks = {
-            run.alias: int(tree.filter(pl.col("level_name") != base.level_name)["fallback"].sum())
-            for run, tree in zip(runs, trees, strict=True)
-        }
-        metadata = cost_metadata(runs, fallbacks)
-        stats = {k: v for k, v in metadata.items() if k != "summary_runs"}
+        hdbscan_tree = read_partition(conn, "hierarchy", part, "*", "position")
+        examples = read_partition(
+            conn, "cluster_labels", part, "level, cluster_id, examples", "level"
+        )
+    labeler = KeywordLabeler(config.labeler.n_keywords, config.labeler.n_examples)
+    embed = stored_encoder(duckdb.get_connection, config.embedding)
+    trees, step_fallbacks = [], {}
+    for run in runs:
+        mine = summaries.filter(pl.col("alias") == run.alias)
+        if mine["cluster_id"].to_list() != base.cluster_ids:
+            raise LookupError(
+                f"the summaries of alias {run.alias!r} do not match the clusters of {part}: "
+                "materialise cluster_summaries first"
+            )
+        if run.client is None:
+            tree = offline_tree(hdbscan_tree, examples)
+        else:
+            settings = config.labeler.summaries[run.alias]
+            merger = Merger(run.client, settings, base, embed, labeler)
+            nodes = [Node(*row) for row in mine.select("title", "summary", "fallback").rows()]
+            levels = run.client.run(partial(merger.levels, nodes))
+            tree = merger.tree(mine, levels)
+            step_fallbacks[run.alias] = {
+                step: sum(level.fallbacks[step] for level in levels)
+                for step in ("proposals", "dedupe", "renames")
+            }
+        trees.append(tree.with_columns(alias=pl.lit(run.alias)))
+    table = pl.concat(trees)
+    fallbacks = {
+        run.alias: int(tree.filter(pl.col("level_name") != base.level_name)["fallback"].sum())
+        for run, tree in zip(runs, trees, strict=True)
+    }
+    metadata = cost_metadata(runs, fallbacks)
+    stats = {k: v for k, v in metadata.items() if k != "summary_runs"}
+    with connection(duckdb) as conn:
         write_result(
             conn, context, part, config, {}, stats=stats, aliased={"merged_hierarchy": table}
         )
@@ -71,4 +75,6 @@ def merged_hierarchy(
             f"assigned_by_embedding_{run.alias}": int((tree["assigned_by"] == "embedding").sum()),
             f"outline_{run.alias}": MetadataValue.md(f"```\n{outline}\n```"),
         }
+        if run.alias in step_fallbacks:
+            metadata[f"fallback_steps_{run.alias}"] = step_fallbacks[run.alias]
     return MaterializeResult(metadata=metadata | {"params_hash": config.params_hash()})

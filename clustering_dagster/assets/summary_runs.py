@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import polars as pl
 from dagster import AssetExecutionContext
+from dagster_duckdb import DuckDBResource
 
 from ..core.llm import CallCache, CallStats, LLMClient
 from ..core.run_config import RunConfig, stable_hash
@@ -20,7 +21,10 @@ class SummaryRun:
     client: LLMClient | None
 
 
-def summary_runs(conn, context: AssetExecutionContext, config: RunConfig) -> list[SummaryRun]:
+def summary_runs(
+    duckdb: DuckDBResource, context: AssetExecutionContext, config: RunConfig
+) -> list[SummaryRun]:
+    """One run per alias of the configuration, each LLM run with its own client and call cache."""
     runs = []
     for alias in config.labeler.aliases():
         settings = config.labeler.summaries.get(alias)
@@ -28,7 +32,8 @@ def summary_runs(conn, context: AssetExecutionContext, config: RunConfig) -> lis
             keywords = {"n_keywords": config.labeler.n_keywords}
             runs.append(SummaryRun(alias, "keywords", stable_hash(keywords), None))
         else:
-            client = LLMClient(settings, CallCache(conn), log=context.log.warning)
+            cache = CallCache(duckdb.get_connection)  # the asset ensures the schema first
+            client = LLMClient(settings, cache, log=context.log.warning)
             runs.append(
                 SummaryRun(
                     alias,

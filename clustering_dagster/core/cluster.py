@@ -107,12 +107,14 @@ def _fit_level(space, level: LevelConfig, seed) -> tuple[np.ndarray, np.ndarray,
     return _hdbscan(space, level)
 
 
-def parent_map(child: np.ndarray, parent: np.ndarray) -> np.ndarray:
-    """For each child cluster, the parent cluster holding most of its members."""
-    k_child, k_parent = child.max() + 1, parent.max() + 1
-    overlap = np.zeros((k_child, k_parent), np.int64)
-    np.add.at(overlap, (child, parent), 1)
-    return overlap.argmax(1)
+def parents(child: np.ndarray, parent: np.ndarray) -> dict[int, int]:
+    """For each child cluster id, the parent cluster id holding most of its texts."""
+    pairs, counts = np.unique(np.stack([child, parent]), axis=1, return_counts=True)
+    order = np.lexsort((-counts, pairs[0]))  # by child, the largest overlap first
+    chosen: dict[int, int] = {}
+    for c, p in pairs[:, order].T.tolist():
+        chosen.setdefault(c, p)
+    return chosen
 
 
 def fit_levels(space: np.ndarray, levels: Sequence[LevelConfig], seed: int | None) -> list[Level]:
@@ -127,7 +129,8 @@ def fit_levels(space: np.ndarray, levels: Sequence[LevelConfig], seed: int | Non
     for level, (labels, membership, noise) in reversed(list(zip(levels, fits, strict=True))):
         moved = np.zeros(len(labels), bool)
         if finer is not None:
-            nested = parent_map(finer, labels)[finer]
+            lookup = parents(finer, labels)
+            nested = np.array([lookup[c] for c in range(finer.max() + 1)], np.int32)[finer]
             moved = nested != labels
             labels = nested
             membership = np.where(moved, 0.0, membership).astype(np.float32)

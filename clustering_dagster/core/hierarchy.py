@@ -5,6 +5,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import polars as pl
 
+from .cluster import parents
+
 HIERARCHY_SCHEMA = {
     "node_id": pl.String,
     "parent_id": pl.String,
@@ -22,16 +24,6 @@ HIERARCHY_SCHEMA = {
 
 def node_id(level_name: str, cluster_id: int) -> str:
     return f"{level_name}/{cluster_id}"
-
-
-def parents(child: np.ndarray, parent: np.ndarray) -> dict[int, int]:
-    """For each child cluster id, the parent cluster id holding most of its texts."""
-    pairs, counts = np.unique(np.stack([child, parent]), axis=1, return_counts=True)
-    order = np.lexsort((-counts, pairs[0]))  # by child, the largest overlap first
-    chosen = {}
-    for c, p in pairs[:, order].T.tolist():
-        chosen.setdefault(c, p)
-    return chosen
 
 
 def build_tree(

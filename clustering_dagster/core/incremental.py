@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from .cluster import parents
 from .embed import normalise_rows
-from .hierarchy import parents
 
 # New texts compared with all clustered texts at once: bounds memory to CHUNK x clustered texts.
 CHUNK = 2048

@@ -1,7 +1,7 @@
 """Offline cluster labels: class-based TF-IDF keywords and the most central example texts.
 
-A labeler turns one level's clusters into labels. The keyword labeler needs no model; an LLM
-labeler can take its place behind the same `Labeler` protocol.
+A labeler turns one level's clusters into labels. The keyword labeler needs no model; its labels
+are also what the LLM summaries (`summarize`, `merge`) fall back to.
 """
 
 from collections.abc import Sequence

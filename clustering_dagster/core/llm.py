@@ -1,10 +1,12 @@
 """LLM calls through litellm: cached, bounded, rate-limited, retried and validated.
 
 Every answer is cached in `clustering.llm_calls` under a key made of the model, the parameters and
-the prompt's hash, and committed as soon as it arrives: a re-run with nothing changed makes no
-call, and an interrupted run resumes where it stopped. Replies must be one JSON object matching a
-pydantic model; small slips are repaired, anything else is asked again. A question whose calls all
-fail returns None, and the caller falls back to an offline label.
+the prompt's hash, committed within seconds of arriving: a re-run with nothing changed makes no
+call, and an interrupted run resumes where it stopped. Calls are bounded in number at once and per
+minute, and retried with exponential backoff and jitter after a 429, a 5xx, a timeout or a lost
+connection. Replies must be one JSON object matching a pydantic model; small slips are repaired,
+anything else is asked again. A question whose calls all fail returns None, and the caller falls
+back to an offline label.
 """
 
 import asyncio
@@ -18,6 +20,7 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -141,7 +144,8 @@ def parse_reply(content: str, schema: type[BaseModel]) -> BaseModel:
 
 
 def check_ready(settings: LLMSettings) -> None:
-    """Fail fast: a missing API key names its environment variable, an unreachable server its URL."""
+    """Fail fast: a missing API key names its environment variable, an unreachable server its
+    URL."""
     litellm = import_litellm()
     provider = settings.model.split("/", 1)[0]
     missing = litellm.validate_environment(model=settings.model, api_base=settings.api_base)
@@ -171,23 +175,26 @@ def check_ready(settings: LLMSettings) -> None:
 class CallCache:
     """Answers by key in `clustering.llm_calls`, shared by all partitions. New answers are written
     in small batches (every `FLUSH_EVERY` answers or `FLUSH_SECONDS`), and always when a run ends
-    or fails, so an interrupted run loses at most the last few seconds of answers."""
+    or fails, so an interrupted run loses at most the last few seconds of answers. `connect` opens
+    a short-lived DuckDB connection: none is held while the model thinks."""
 
     FLUSH_EVERY = 32
     FLUSH_SECONDS = 2.0
 
-    def __init__(self, conn):
-        self.conn = conn
+    def __init__(self, connect: Callable[[], AbstractContextManager]):
+        self.connect = connect
         self.pending: dict[str, dict] = {}
         self.known: dict[str, dict | None] = {}
         self.last_flush = time.monotonic()
 
     def prefetch(self, keys: Sequence[str]) -> None:
         """Look many keys up in one query; `get` then answers them without another."""
-        rows = self.conn.execute(
-            f"SELECT cache_key, answer FROM {SCHEMA}.llm_calls WHERE list_contains(?, cache_key)",
-            [list(keys)],
-        ).fetchall()
+        with self.connect() as conn:
+            rows = conn.execute(
+                f"SELECT cache_key, answer FROM {SCHEMA}.llm_calls "
+                "WHERE list_contains(?, cache_key)",
+                [list(keys)],
+            ).fetchall()
         self.known = dict.fromkeys(keys) | {key: json.loads(answer) for key, answer in rows}
 
     def get(self, key: str) -> dict | None:
@@ -195,9 +202,10 @@ class CallCache:
             return self.pending[key]["answer"]
         if key in self.known:
             return self.known[key]
-        row = self.conn.execute(
-            f"SELECT answer FROM {SCHEMA}.llm_calls WHERE cache_key = ?", [key]
-        ).fetchone()
+        with self.connect() as conn:
+            row = conn.execute(
+                f"SELECT answer FROM {SCHEMA}.llm_calls WHERE cache_key = ?", [key]
+            ).fetchone()
         return json.loads(row[0]) if row else None
 
     def put(self, key: str, record: dict) -> None:
@@ -221,13 +229,15 @@ class CallCache:
             }
             for key, record in self.pending.items()
         ]
-        self.conn.register("_calls", pl.DataFrame(rows, schema=CALL_SCHEMA).to_arrow())
-        try:
-            self.conn.execute(
-                f"INSERT INTO {SCHEMA}.llm_calls BY NAME SELECT * FROM _calls ON CONFLICT DO NOTHING"
-            )
-        finally:
-            self.conn.unregister("_calls")
+        with self.connect() as conn:
+            conn.register("_calls", pl.DataFrame(rows, schema=CALL_SCHEMA).to_arrow())
+            try:
+                conn.execute(
+                    f"INSERT INTO {SCHEMA}.llm_calls BY NAME SELECT * FROM _calls "
+                    "ON CONFLICT DO NOTHING"
+                )
+            finally:
+                conn.unregister("_calls")
         self.known |= {key: record["answer"] for key, record in self.pending.items()}
         self.pending.clear()
 
@@ -361,9 +371,9 @@ class LLMClient:
             try:
                 response = await self._send(conversation, question)
             except fatal as err:
+                where = self.settings.api_base or "its provider's URL"
                 raise InputError(
-                    f"LLM model {self.settings.model!r} at {self.settings.api_base or 'its default URL'} "
-                    f"refused the request: {err}"
+                    f"LLM model {self.settings.model!r} at {where} refused the request: {err}"
                 ) from err
             except transient as err:
                 if retries >= self.settings.max_retries:

@@ -4,14 +4,16 @@ Per level: embed each cluster's title and summary, group the clusters into neigh
 (KMeans), ask for parent categories per neighbourhood, deduplicate them across neighbourhoods,
 assign every child to exactly one parent (a reply naming no offered parent is asked again, then
 settled by embedding similarity, never dropped), and name each parent from the children it got.
-Levels repeat while about `merge_ratio` children still share a parent, up to `parent_levels`.
+Each level has about 1/`merge_ratio` as many nodes as the one below; levels repeat up to
+`parent_levels` times while a new level would have at least two nodes.
 Offline, the tree is the HDBSCAN levels with their keyword labels.
 """
 
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -23,7 +25,7 @@ from .ingest import text_hash
 from .label import KeywordLabeler, LevelTexts
 from .llm import Ask, InvalidReply, LLMClient, escape, instructions
 from .run_config import EmbeddingConfig, LLMSettings
-from .storage import matrix_column, missing_hashes, model_dim, put_vectors, store_table
+from .storage import missing_hashes, put_vectors, vectors_for
 from .summarize import BaseClusters, Prose, Title, offline_summary
 
 # Children listed at most in one prompt that names a parent (the largest first).
@@ -77,38 +79,38 @@ class Node:
 @dataclass(frozen=True)
 class MergedLevel:
     """One level of parents: its nodes, and for every child one level down its parent's index
-    here and how it was chosen ("llm" or "embedding")."""
+    here and how it was chosen ("llm" or "embedding"); `fallbacks` counts the steps that fell
+    back to an offline stand-in (proposals, dedupe, renames)."""
 
     nodes: list[Node]
     parent: np.ndarray
     assigned_by: list[str]
-    fallbacks: dict[str, int] = field(default_factory=dict)
+    fallbacks: dict[str, int]
 
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 
 
-def stored_encoder(conn, config: EmbeddingConfig) -> Embed:
+def stored_encoder(connect: Callable[[], AbstractContextManager], config: EmbeddingConfig) -> Embed:
     """Unit vectors of short texts (titles with summaries) from the run's embedding model, kept
-    in the embedding store, so a re-run gets the very same vectors without encoding again."""
+    in the embedding store (`connect` opens a DuckDB connection), so a re-run gets the very same
+    vectors without encoding again."""
     model = cache_key(config)
     encoders = []
 
     def embed(texts: Sequence[str]) -> np.ndarray:
         hashes = text_hash(pl.Series(list(texts), dtype=pl.String))
-        missing = missing_hashes(conn, model, hashes)
-        if len(missing):
-            if not encoders:
-                encoders.append(make_encoder(config))
-            by_hash = dict(zip(hashes, texts, strict=True))
-            put_vectors(conn, model, missing, encoders[0]([by_hash[h] for h in missing]))
-        stored = conn.execute(
-            f"SELECT text_hash, embedding FROM {store_table(model_dim(conn, model))} "
-            "WHERE model = ? AND list_contains(?, text_hash)",
-            [model, hashes.unique().to_list()],
-        ).pl()
-        row = {h: i for i, h in enumerate(stored["text_hash"])}
-        return normalise_rows(matrix_column(stored, "embedding")[[row[h] for h in hashes]])
+        with connect() as conn:
+            missing = missing_hashes(conn, model, hashes)
+            if not len(missing):
+                return normalise_rows(vectors_for(conn, model, hashes))
+        if not encoders:
+            encoders.append(make_encoder(config))
+        by_hash = dict(zip(hashes, texts, strict=True))
+        vectors = encoders[0]([by_hash[h] for h in missing])
+        with connect() as conn:
+            put_vectors(conn, model, missing, vectors)
+            return normalise_rows(vectors_for(conn, model, hashes))
 
     return embed
 
@@ -152,7 +154,7 @@ CATEGORIES_FORMAT = (
 def proposal_prompt(
     settings: LLMSettings, children: Sequence[Node], nearby: Sequence[Node], want: int
 ) -> str:
-    """Clio's first step: candidate parents for one neighbourhood, with nearby clusters as contrast."""
+    """Clio's first step: candidate parents for one neighbourhood, nearby clusters as contrast."""
     chars = settings.chars_per_example
     parts = [
         instructions(
@@ -487,7 +489,7 @@ def offline_tree(hierarchy: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
     joined = hierarchy.join(labels, on=["level", "cluster_id"], how="left", maintain_order="left")
     return (
         joined.select(
-            *[c for c in TREE_SCHEMA if c in hierarchy.columns and c != "label"],
+            *[c for c in TREE_SCHEMA if c in hierarchy.columns],
             title=pl.col("label"),
             summary=pl.struct("size", "keywords", "examples").map_elements(
                 lambda r: offline_summary(r["size"], r["keywords"] or [], r["examples"] or []),

@@ -157,7 +157,8 @@ def replace_aliases(conn, table: str, part: Partition, frame: pl.DataFrame) -> N
     are deleted, so the partition's other aliases stay; call inside `transaction`."""
     aliases = frame["alias"].unique().to_list()
     conn.execute(
-        f"DELETE FROM {SCHEMA}.{table} WHERE dataset = ? AND run_config = ? AND list_contains(?, alias)",
+        f"DELETE FROM {SCHEMA}.{table} "
+        "WHERE dataset = ? AND run_config = ? AND list_contains(?, alias)",
         [part.dataset, part.run_config, aliases],
     )
     append_rows(conn, table, part, frame)

@@ -113,6 +113,11 @@ def read_base_clusters(conn, part: Partition) -> BaseClusters:
         "WHERE dataset = ? AND run_config = ? AND level IN (?, ?) ORDER BY cluster_id",
         [part.dataset, part.run_config, levels[0], levels[1]],
     ).pl()
+    for level in levels:
+        labelled = labels.filter(pl.col("level") == level)["cluster_id"].to_list()
+        column = "cluster_id" if level == levels[1] else "top_id"
+        if labelled != sorted(assigned[column].unique().to_list()):
+            raise LookupError(f"the cluster labels of {part} are stale: materialise cluster_labels")
     top_label = dict(
         labels.filter(pl.col("level") == levels[0]).select("cluster_id", "label").iter_rows()
     )
