@@ -7,7 +7,8 @@ import polars as pl
 
 from .cluster import parents
 
-HIERARCHY_SCHEMA = {
+# The columns every tree shares: a node, its parent, where it sits and how big it is.
+NODE_SCHEMA = {
     "node_id": pl.String,
     "parent_id": pl.String,
     "level": pl.Int32,
@@ -16,6 +17,10 @@ HIERARCHY_SCHEMA = {
     "size": pl.Int64,
     "share": pl.Float64,
     "n_children": pl.Int32,
+}
+
+HIERARCHY_SCHEMA = {
+    **NODE_SCHEMA,
     "label": pl.String,
     "keywords": pl.List(pl.String),
     "path": pl.String,

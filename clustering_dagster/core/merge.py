@@ -20,7 +20,7 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from .embed import cache_key, make_encoder, normalise_rows
-from .hierarchy import build_tree
+from .hierarchy import NODE_SCHEMA, build_tree
 from .ingest import text_hash
 from .label import KeywordLabeler, LevelTexts
 from .llm import Ask, InvalidReply, LLMClient, escape, instructions
@@ -32,14 +32,7 @@ from .summarize import BaseClusters, Prose, Title, offline_summary
 MAX_CHILDREN_SHOWN = 40
 
 TREE_SCHEMA = {
-    "node_id": pl.String,
-    "parent_id": pl.String,
-    "level": pl.Int32,
-    "level_name": pl.String,
-    "cluster_id": pl.Int32,
-    "size": pl.Int64,
-    "share": pl.Float64,
-    "n_children": pl.Int32,
+    **NODE_SCHEMA,
     "title": pl.String,
     "summary": pl.String,
     "keywords": pl.List(pl.String),
