@@ -95,18 +95,18 @@ def dataset_folder_sensor(context: SensorEvaluationContext, clustering: Clusteri
     added = sorted(set(changes.new) - registered)
     if added:
         context.log.info(f"registering datasets {added}")
-    result = SensorResult(
+    cursor = json.dumps(changes.cursor, sort_keys=True)
+    if not requests and not added:
+        return SensorResult(
+            skip_reason=SkipReason("no new or changed dataset files"), cursor=cursor
+        )
+    return SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[AddDynamicPartitionsRequest(DATASET_DIMENSION, added)]
         if added
         else [],
-        cursor=json.dumps(changes.cursor, sort_keys=True),
+        cursor=cursor,
     )
-    if not requests and not added:
-        return SensorResult(
-            skip_reason=SkipReason("no new or changed dataset files"), cursor=result.cursor
-        )
-    return result
 
 
 @schedule(

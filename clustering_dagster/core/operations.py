@@ -4,28 +4,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from .datasets import DatasetSpec, fingerprint, source_hash
 from .errors import InputError
+from .run_config import StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NightlyConfig(_Strict):
+class NightlyConfig(StrictModel):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
     enabled: bool = True
 
 
-class SensorConfig(_Strict):
+class SensorConfig(StrictModel):
     interval_seconds: int = Field(60, ge=5)
     enabled: bool = True
 
 
-class OperationsConfig(_Strict):
+class OperationsConfig(StrictModel):
     nightly: NightlyConfig = NightlyConfig()
     dataset_sensor: SensorConfig = SensorConfig()
 

@@ -12,11 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import InputError
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Settings read from YAML: unknown keys are errors, values are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class EmbeddingConfig(_Strict):
+class EmbeddingConfig(StrictModel):
     backend: Literal["sentence-transformers", "litellm"] = "sentence-transformers"
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     device: str = "auto"
@@ -25,7 +27,7 @@ class EmbeddingConfig(_Strict):
     api_base: str | None = None
 
 
-class ProjectionConfig(_Strict):
+class ProjectionConfig(StrictModel):
     pca_components: int | None = Field(50, ge=2)
     n_components: int = Field(5, ge=2)
     n_neighbors: int = Field(30, ge=2)
@@ -34,7 +36,7 @@ class ProjectionConfig(_Strict):
     random_state: int | None = None
 
 
-class LevelConfig(_Strict):
+class LevelConfig(StrictModel):
     name: str
     method: Literal["hdbscan", "kmeans"] = "hdbscan"
     min_cluster_size: float = Field(
@@ -51,7 +53,7 @@ class LevelConfig(_Strict):
         return self
 
 
-class LLMSettings(_Strict):
+class LLMSettings(StrictModel):
     """One LLM summary run: the model, its limits, the prompt, and how the merged tree is built."""
 
     model: str = Field(min_length=1, description="a litellm model string, e.g. ollama/llama3.1")
@@ -86,7 +88,7 @@ class LLMSettings(_Strict):
 OFFLINE_ALIAS = "keywords"
 
 
-class LabelerConfig(_Strict):
+class LabelerConfig(StrictModel):
     kind: Literal["keywords", "llm"] = "keywords"
     n_keywords: int = Field(8, ge=1)
     n_examples: int = Field(5, ge=1)
@@ -112,12 +114,12 @@ class LabelerConfig(_Strict):
         return list(self.summaries) if self.kind == "llm" else [OFFLINE_ALIAS]
 
 
-class QualityConfig(_Strict):
+class QualityConfig(StrictModel):
     min_nmi: float = 0.5
     min_ari: float = 0.3
 
 
-class IncrementalConfig(_Strict):
+class IncrementalConfig(StrictModel):
     neighbours: int = Field(10, ge=1, description="clustered texts that vote on a new text")
     max_new_share: float = Field(
         0.2, gt=0, description="above this share of appended texts the schedule re-clusters"
@@ -127,7 +129,7 @@ class IncrementalConfig(_Strict):
     )
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     name: str
     description: str = ""
     active: bool = Field(True, description="clustered by the dataset sensor and the schedule")
