@@ -20,11 +20,13 @@ from dagster import (
 )
 
 from .core import settings
-from .core.datasets import clash_message, scan_datasets, source_hash
+from .core.datasets import scan_datasets, source_hash
+from .core.errors import InputError
 from .core.operations import LastRun, folder_changes, load_operations, recluster_reason
 from .jobs import assign_new_texts_job, cluster_texts_job
 from .partitions import DATASET_DIMENSION, partition_key
 from .resources import ClusteringSettings
+from .run_health import reap_dead_runs
 
 OPERATIONS = load_operations(settings.operations_path())
 
@@ -51,8 +53,16 @@ def last_run(instance: DagsterInstance, key: str) -> LastRun:
     )
 
 
-def _active_configs(clustering: ClusteringSettings) -> list:
-    return [config for config in clustering.run_configs().values() if config.active]
+def _active_configs(clustering: ClusteringSettings, log) -> list:
+    """The active valid run configurations; invalid ones are logged (their runs would fail)."""
+    try:
+        configs = clustering.run_configs()
+    except InputError as err:
+        log.error(f"no run configuration can be read: {err}")
+        return []
+    for message in configs.errors.values():
+        log.error(f"{message}\n(left out until it is fixed)")
+    return [config for config in configs.values() if config.active]
 
 
 @sensor(
@@ -67,17 +77,18 @@ def dataset_folder_sensor(context: SensorEvaluationContext, clustering: Clusteri
     changed files get their appended texts assigned (or a full clustering if there is none yet);
     removed files are reported and their results kept."""
     root = Path(clustering.datasets_dir)
-    datasets, clashes = scan_datasets(root)
-    for key, names in clashes.items():
-        context.log.error(clash_message(root, key, names) + "; nothing is run for it")
+    datasets, problems = scan_datasets(root)
+    for problem in problems.values():
+        context.log.error(f"{problem}; nothing is run for it")
     changes = folder_changes(datasets, json.loads(context.cursor or "{}"))
     for key in changes.removed:
         context.log.warning(f"dataset {key!r} is gone from {root}: its partition and results stay")
     registered = set(context.instance.get_dynamic_partitions(DATASET_DIMENSION))
     requests = []
+    configs = _active_configs(clustering, context.log)
     for key in [*changes.new, *changes.changed]:
         content = changes.cursor[key]["hash"]
-        for config in _active_configs(clustering):
+        for config in configs:
             pk = partition_key(key, config.name)
             last = last_run(context.instance, pk) if key in registered else LastRun()
             if last.source_hash == content and last.params_hash == config.params_hash():
@@ -120,7 +131,10 @@ def dataset_folder_sensor(context: SensorEvaluationContext, clustering: Clusteri
 def nightly_reclustering(context: ScheduleEvaluationContext, clustering: ClusteringSettings):
     """Re-cluster every registered dataset x active run configuration whose files or parameters
     changed since its last clustering; skip the others, saying why."""
-    datasets, _ = scan_datasets(Path(clustering.datasets_dir))
+    datasets, problems = scan_datasets(Path(clustering.datasets_dir))
+    for problem in problems.values():
+        context.log.error(problem)
+    configs = _active_configs(clustering, context.log)
     requests, skipped = [], []
     tick = context.scheduled_execution_time.isoformat()
     for key in sorted(context.instance.get_dynamic_partitions(DATASET_DIMENSION)):
@@ -128,7 +142,7 @@ def nightly_reclustering(context: ScheduleEvaluationContext, clustering: Cluster
             skipped.append(f"{key}: its files are gone or ambiguous")
             continue
         content = source_hash(datasets[key])
-        for config in _active_configs(clustering):
+        for config in configs:
             pk = partition_key(key, config.name)
             reason = recluster_reason(content, config.params_hash(), last_run(context.instance, pk))
             if reason is None:
@@ -147,3 +161,12 @@ def nightly_reclustering(context: ScheduleEvaluationContext, clustering: Cluster
     if not requests:
         return SkipReason("nothing changed: " + "; ".join(skipped) if skipped else "no datasets")
     return requests
+
+
+@sensor(minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+def dead_run_sensor(context: SensorEvaluationContext):
+    """Fail runs whose process died (kill -9, out of memory, a reboot), freeing their slots."""
+    reaped = reap_dead_runs(context.instance)
+    for run_id in reaped:
+        context.log.warning(f"run {run_id}: its process is gone; marked failed")
+    return SkipReason(f"marked {len(reaped)} dead runs failed" if reaped else "no dead runs")

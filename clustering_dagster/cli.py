@@ -6,20 +6,22 @@ import sys
 from dagster import DagsterInstance
 
 from .core import settings
-from .core.datasets import discover_datasets
+from .core.datasets import scan_datasets
 from .core.errors import InputError
 from .core.run_config import load_run_configs
 from .partitions import DATASET_DIMENSION
 
 
-def register(instance: DagsterInstance, datasets_dir) -> tuple[list[str], list[str]]:
-    """Add a `dataset` partition for every dataset under `datasets_dir`; returns (added, known)."""
-    keys = sorted(discover_datasets(datasets_dir))
+def register(instance: DagsterInstance, datasets_dir) -> tuple[list[str], list[str], list[str]]:
+    """Add a `dataset` partition for every valid dataset under `datasets_dir`; returns (added,
+    known, problems): a bad entry is reported and never stops the others."""
+    found, problems = scan_datasets(datasets_dir)
+    keys = sorted(found)
     known = set(instance.get_dynamic_partitions(DATASET_DIMENSION))
     added = [key for key in keys if key not in known]
     if added:
         instance.add_dynamic_partitions(DATASET_DIMENSION, added)
-    return added, keys
+    return added, keys, list(problems.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,12 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "register":
             with DagsterInstance.get() as instance:
-                added, keys = register(instance, settings.datasets_dir())
+                added, keys, problems = register(instance, settings.datasets_dir())
+            for problem in problems:
+                print(f"skipped: {problem}", file=sys.stderr)
             print(
                 f"datasets: {', '.join(keys) or 'none'}; newly registered: {', '.join(added) or 'none'}"
             )
         else:
-            for key, spec in discover_datasets(settings.datasets_dir()).items():
+            for key, spec in scan_datasets(settings.datasets_dir())[0].items():
                 print(f"dataset     {key:30s} {spec.path}")
             for name in load_run_configs(settings.run_configs_path()):
                 print(f"run_config  {name}")

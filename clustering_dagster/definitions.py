@@ -3,7 +3,7 @@
 from dagster import Definitions, in_process_executor
 
 from .assets import ALL_ASSETS
-from .automation import dataset_folder_sensor, nightly_reclustering
+from .automation import dataset_folder_sensor, dead_run_sensor, nightly_reclustering
 from .jobs import assign_new_texts_job, cluster_texts_job
 from .resources import default_resources
 
@@ -11,7 +11,7 @@ from .resources import default_resources
 defs = Definitions(
     assets=ALL_ASSETS,
     jobs=[cluster_texts_job, assign_new_texts_job],
-    sensors=[dataset_folder_sensor],
+    sensors=[dataset_folder_sensor, dead_run_sensor],
     schedules=[nightly_reclustering],
     resources=default_resources(),
     executor=in_process_executor,

@@ -5,13 +5,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, get_dagster_logger
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from .core import settings
 from .core.datasets import DatasetSpec, find_dataset
-from .core.run_config import RunConfig, load_run_configs
-from .core.storage import ensure_schema
+from .core.errors import InputError
+from .core.run_config import RunConfig, RunConfigs, load_run_configs
+from .core.storage import connect, ensure_schema
 
 
 class ClusteringSettings(ConfigurableResource):
@@ -21,11 +23,38 @@ class ClusteringSettings(ConfigurableResource):
     def dataset(self, key: str) -> DatasetSpec:
         return find_dataset(Path(self.datasets_dir), key)
 
-    def run_configs(self) -> dict[str, RunConfig]:
+    def run_configs(self) -> RunConfigs:
         return load_run_configs(Path(self.run_configs_path))
 
     def run_config(self, name: str) -> RunConfig:
-        return self.run_configs()[name]
+        """The named configuration, or an InputError naming the file and what is wrong with it."""
+        configs = self.run_configs()
+        if name in configs.errors:
+            raise InputError(configs.errors[name])
+        if name not in configs.valid:
+            known = ", ".join(sorted(configs.valid)) or "none"
+            raise InputError(
+                f"{self.run_configs_path}: no run configuration {name!r} (known: {known})"
+            )
+        return configs.valid[name]
+
+
+class DuckDBStore(DuckDBResource):
+    """DuckDBResource that waits a bounded time for another process's lock, saying so in the
+    run's log, and then fails with a message naming the holder (instead of silent retries)."""
+
+    lock_timeout_s: float = Field(
+        default=300.0,
+        description="how long a run waits for the DuckDB file while another process holds it",
+    )
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        conn = connect(self.database, self.lock_timeout_s, get_dagster_logger().warning)
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 @contextmanager
@@ -40,6 +69,8 @@ def connection(db: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
 
 def default_resources() -> dict:
     return {
-        "duckdb": DuckDBResource(database=str(settings.duckdb_path())),
+        "duckdb": DuckDBStore(
+            database=str(settings.duckdb_path()), lock_timeout_s=settings.lock_timeout_s()
+        ),
         "clustering": ClusteringSettings(),
     }

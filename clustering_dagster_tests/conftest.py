@@ -4,12 +4,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 from dagster import DagsterInstance, materialize
-from dagster_duckdb import DuckDBResource
 
 from clustering_dagster.assets import ALL_ASSETS
 from clustering_dagster.core.storage import connect
 from clustering_dagster.partitions import partition_key
-from clustering_dagster.resources import ClusteringSettings
+from clustering_dagster.resources import ClusteringSettings, DuckDBStore
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -78,7 +77,7 @@ class Workspace:
             instance=self.instance,
             partition_key=partition_key(dataset, run_config),
             resources={
-                "duckdb": DuckDBResource(database=str(self.database)),
+                "duckdb": DuckDBStore(database=str(self.database)),
                 "clustering": ClusteringSettings(
                     datasets_dir=str(self.datasets), run_configs_path=str(self.configs)
                 ),

@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from clustering_dagster.core.datasets import discover_datasets, find_dataset, slugify
+from clustering_dagster.core.datasets import find_dataset, scan_datasets, slugify
 from clustering_dagster.core.errors import InputError
 from clustering_dagster.core.ingest import load_texts
 
@@ -19,8 +19,8 @@ def test_discovery_reads_files_folders_and_specs(tmp_path):
     (tmp_path / "chats").mkdir()
     (tmp_path / "chats" / "a.jsonl").write_text('{"text": "hi"}\n')
     (tmp_path / "notes.txt").write_text("not a dataset")
-    found = discover_datasets(tmp_path)
-    assert sorted(found) == ["chats", "tickets_2024"]
+    found, problems = scan_datasets(tmp_path)
+    assert sorted(found) == ["chats", "tickets_2024"] and problems == {}
     assert found["tickets_2024"].text_column == "body"
     assert found["tickets_2024"].metadata_columns == ("team",)
     assert [p.name for p in found["chats"].files] == ["a.jsonl"]
@@ -29,8 +29,12 @@ def test_discovery_reads_files_folders_and_specs(tmp_path):
 def test_a_key_collision_is_an_error_naming_both_files(tmp_path):
     (tmp_path / "my data.csv").write_text("text\na\n")
     (tmp_path / "my-data.jsonl").write_text('{"text": "a"}\n')
+    (tmp_path / "other.csv").write_text("text\nb\n")
+    found, problems = scan_datasets(tmp_path)
+    assert list(found) == ["other"]
+    assert "my data.csv and my-data.jsonl" in problems["my_data"]
     with pytest.raises(InputError, match=r"my data.csv and my-data.jsonl .* 'my_data'"):
-        discover_datasets(tmp_path)
+        find_dataset(tmp_path, "my_data")
 
 
 def test_unknown_dataset_lists_the_known_ones(tmp_path):
@@ -102,6 +106,53 @@ def test_parquet_jsonl_and_folders_are_read(tmp_path):
     assert set(texts["source_file"]) == {"p.parquet", "j.jsonl"}
 
 
-def test_repeated_ids_are_an_error(tmp_path):
-    with pytest.raises(InputError, match="repeated ids"):
-        _load(tmp_path, "r.csv", b"id,text\n1,a\n1,b\n", "id_column: id\n")
+def test_repeated_ids_are_an_error_naming_them_and_their_rows(tmp_path):
+    with pytest.raises(
+        InputError, match=r"repeats 1 ids \(2 rows\), e\.g\. '1' at r\.csv row 1, r\.csv row 2"
+    ):
+        _load(tmp_path, "r.csv", b"id,text\n1,a\n1,b\n2,c\n", "id_column: id\n")
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [("12345", "int"), ("true", "bool"), ('{"a": 1}', "dict"), ('["x"]', "list")],
+)
+def test_json_texts_that_are_not_strings_are_errors_naming_file_line_and_column(
+    tmp_path, line, kind
+):
+    content = f'{{"text": "fine"}}\n{{"text": {line}}}\n'.encode()
+    with pytest.raises(InputError, match=rf"j\.jsonl, line 2: column 'text' holds {kind} "):
+        _load(tmp_path, "j.jsonl", content)
+
+
+def test_parquet_list_column_and_truncated_parquet_are_errors_naming_the_file(tmp_path):
+    pl.DataFrame({"text": [["a", "b"], ["c"]]}).write_parquet(tmp_path / "l.parquet")
+    with pytest.raises(InputError, match=r"l\.parquet: column 'text' holds List\(String\) values"):
+        load_texts(find_dataset(tmp_path, "l"))
+    pl.DataFrame({"text": ["a"] * 100}).write_parquet(tmp_path / "cut.parquet")
+    whole = (tmp_path / "cut.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match=r"cut\.parquet: cannot be read as parquet"):
+        load_texts(find_dataset(tmp_path, "cut"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("metadata_columns: category\n", r"metadata_columns must be a list of column names"),
+        ("text_colum: body\n", r"unknown setting 'text_colum'"),
+        ("text_column: [body]\n", r"text_column must be one column name"),
+        ("- a list\n", r"expected a mapping of settings"),
+    ],
+)
+def test_a_bad_dataset_yaml_is_reported_and_hides_no_other_dataset(tmp_path, spec, message):
+    (tmp_path / "bad.csv").write_text("text,category\nx,y\n")
+    (tmp_path / "bad.yaml").write_text(spec)
+    (tmp_path / "数据.csv").write_text("text\nx\n")
+    (tmp_path / "good.csv").write_text("text\nx\n")
+    found, problems = scan_datasets(tmp_path)
+    assert list(found) == ["good"]
+    assert set(problems) == {"bad", "数据.csv"}
+    assert "bad.yaml" in problems["bad"] and "cannot make a dataset key" in problems["数据.csv"]
+    with pytest.raises(InputError, match=message):
+        find_dataset(tmp_path, "bad")

@@ -434,7 +434,7 @@ def test_invalid_labeler_configs_are_clear_errors(tmp_path, labeler, message):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"x": {"levels": LEVELS, "labeler": labeler}}))
     with pytest.raises(InputError, match=message):
-        load_run_configs(path)
+        load_run_configs(path)["x"]
 
 
 def test_shipped_llm_example_names_a_local_model_and_is_never_run_automatically():

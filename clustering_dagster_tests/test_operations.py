@@ -145,6 +145,21 @@ def test_sensor_registers_new_files_and_reacts_to_changes(workspace):
     assert workspace.sql("SELECT count(*) AS n FROM clustering.texts")["n"][0] == 80
 
 
+def test_sensor_reports_bad_entries_and_runs_the_good_ones(workspace, capfd):
+    workspace.add_dataset("good", banking_slice(2))
+    workspace.add_dataset("数据", banking_slice(2))
+    workspace.add_dataset("typo", banking_slice(2), spec="text_colum: text\n")
+    workspace.write_configs(
+        (REPO / "data" / "run_configs.yaml").read_text() + "\nbroken: {levels: []}\n"
+    )
+    result, _ = _sense(workspace)
+    assert result.dynamic_partitions_requests[0].partition_keys == ["good"]
+    assert _requests(result) == [("cluster_texts", "good|default")]
+    logged = capfd.readouterr().err  # the sensor's log
+    assert "cannot make a dataset key" in logged and "unknown setting 'text_colum'" in logged
+    assert "run configuration 'broken' is invalid" in logged
+
+
 def test_sensor_does_not_rerun_a_dataset_clustered_from_the_same_files(workspace):
     workspace.add_dataset("known", banking_slice(4))
     workspace.materialize("known")
@@ -248,16 +263,15 @@ def test_appended_texts_are_assigned_then_reclustering_keeps_matching_ids(worksp
 CONCURRENT_RUN = textwrap.dedent("""
     import sys
     from dagster import DagsterInstance, materialize
-    from dagster_duckdb import DuckDBResource
     from clustering_dagster.assets import ALL_ASSETS
     from clustering_dagster.partitions import partition_key
-    from clustering_dagster.resources import ClusteringSettings
+    from clustering_dagster.resources import ClusteringSettings, DuckDBStore
 
     database, datasets, dataset = sys.argv[1:]
     with DagsterInstance.get() as instance:
         result = materialize(
             ALL_ASSETS, instance=instance, partition_key=partition_key(dataset, "default"),
-            resources={"duckdb": DuckDBResource(database=database),
+            resources={"duckdb": DuckDBStore(database=database),
                        "clustering": ClusteringSettings(datasets_dir=datasets)},
         )
     print("SUCCESS" if result.success else "FAILURE")
@@ -299,6 +313,3 @@ def test_two_runs_at_once_on_one_duckdb_file_both_succeed(workspace, tmp_path):
         "SELECT dataset, count(*) AS n FROM clustering.hierarchy GROUP BY ALL ORDER BY dataset"
     )
     assert counts["dataset"].to_list() == ["first", "second"] and counts["n"].min() > 0
-    pool = instance.event_log_storage.get_concurrency_info("duckdb")
-    assert pool.slot_count == 1  # the runs queued on one DuckDB slot
-    assert pool.claimed_slots == [] and pool.pending_steps == []

@@ -30,14 +30,48 @@ def test_params_hash_is_stable_and_follows_every_parameter(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("x: {levels: []}", "run configuration 'x' is invalid"),
+        ("x: {levels: []}", r"c\.yaml, line 1: run configuration 'x' is invalid"),
         ("x: {levels: [{name: a, method: kmeans}]}", "method kmeans needs k"),
         ("x: {levels: [{name: a}], embeding: {}}", "embeding"),
         ("x: {levels: [{name: a}, {name: a}]}", "level names must be unique"),
-        ("- not a mapping", "expected a mapping"),
+        ("x: {levels: [{name: a}], levels: []}", "key 'levels' is given twice"),
+        ("x: [1, 2]", "expected a mapping of parameters"),
     ],
 )
-def test_invalid_configs_are_clear_errors(tmp_path, text, message):
+def test_an_invalid_entry_is_a_clear_error_and_spares_the_others(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text + "\nok: {levels: [{name: fine}]}\n")
+    configs = load_run_configs(path)
+    assert list(configs) == ["ok"] and configs.partition_names() == ["ok", "x"]
+    with pytest.raises(InputError, match=message):
+        configs["x"]
+
+
+def test_a_name_given_twice_is_an_error_naming_both_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "a: {levels: [{name: x}]}\nb: {levels: [{name: x}]}\na: {levels: [{name: y}]}\n"
+    )
+    configs = load_run_configs(path)
+    assert list(configs) == ["b"]
+    with pytest.raises(
+        InputError, match=r"line 3: run configuration 'a' is defined twice \(first at line 1\)"
+    ):
+        configs["a"]
+
+
+def test_a_name_that_cannot_be_a_partition_key_is_reported_not_offered(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("bad|name: {levels: [{name: x}]}\nok: {levels: [{name: x}]}\n")
+    configs = load_run_configs(path)
+    assert configs.partition_names() == ["ok"]
+    assert "'bad|name': a name may hold only letters, digits" in configs.errors["bad|name"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [("- not a mapping", "expected a mapping"), ("a: [", "not valid YAML")]
+)
+def test_a_file_that_is_no_mapping_of_configurations_is_an_error(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)
     with pytest.raises(InputError, match=message):

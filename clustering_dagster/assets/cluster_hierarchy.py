@@ -1,14 +1,14 @@
 import polars as pl
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 from dagster_duckdb import DuckDBResource
 
 from ..core.hierarchy import build_tree, render_tree
 from ..core.storage import read_partition
 from ..resources import ClusteringSettings, connection
-from .common import ASSET_ARGS, stage, write_result
+from .common import clustering_asset, stage, write_result
 
 
-@asset(deps=["cluster_labels"], **ASSET_ARGS)
+@clustering_asset(deps=["cluster_labels"])
 def cluster_hierarchy(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:

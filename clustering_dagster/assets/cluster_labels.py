@@ -1,17 +1,17 @@
 import numpy as np
 import polars as pl
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
 from ..core.label import LevelTexts, make_labeler
 from ..core.storage import partition_vectors, read_partition
 from ..resources import ClusteringSettings, connection
-from .common import ASSET_ARGS, markdown_table, stage, write_result
+from .common import clustering_asset, markdown_table, stage, write_result
 
 LARGEST_SHOWN = 10
 
 
-@asset(deps=["cluster_levels"], **ASSET_ARGS)
+@clustering_asset(deps=["cluster_levels"])
 def cluster_labels(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:

@@ -10,7 +10,6 @@ from dagster import (
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
-    asset,
 )
 from dagster_duckdb import DuckDBResource
 
@@ -28,7 +27,7 @@ from ..core.storage import (
     unassigned_texts,
 )
 from ..resources import ClusteringSettings, connection
-from .common import ASSET_ARGS, markdown_table, stage, write_result
+from .common import clustering_asset, markdown_table, stage, write_result
 
 CHECKS = [
     AssetCheckSpec(
@@ -162,7 +161,7 @@ def _stable_levels(levels: list[Level], rows: pl.DataFrame, vectors: np.ndarray,
     return pl.concat(assignments), pl.concat(centroids), pl.concat(lineage)
 
 
-@asset(deps=["projections"], check_specs=CHECKS, **ASSET_ARGS)
+@clustering_asset(deps=["projections"], check_specs=CHECKS)
 def cluster_levels(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:

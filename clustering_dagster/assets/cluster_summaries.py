@@ -1,18 +1,18 @@
 from functools import partial
 
 import polars as pl
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
 from ..core.summarize import describe_clusters, offline_descriptions, read_base_clusters
 from ..resources import ClusteringSettings, connection
-from .common import ASSET_ARGS, markdown_table, stage, write_result
+from .common import clustering_asset, markdown_table, stage, write_result
 from .summary_runs import cost_metadata, summary_runs
 
 LARGEST_SHOWN = 10
 
 
-@asset(deps=["cluster_labels"], **ASSET_ARGS)
+@clustering_asset(deps=["cluster_labels"])
 def cluster_summaries(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:

@@ -1,29 +1,54 @@
 """What every asset shares: its partition, decorator arguments and result bookkeeping."""
 
+import functools
 import time
 from weakref import WeakKeyDictionary
 
 import polars as pl
-from dagster import AssetExecutionContext, MetadataValue
+from dagster import AssetExecutionContext, Failure, MetadataValue, asset
 
+from ..core.errors import InputError
 from ..core.provenance import code_version
 from ..core.run_config import RunConfig
+from ..core.snapshots import mark_written, publish_if_complete
 from ..core.storage import (
+    DatabaseBusy,
     MaterializationRecord,
+    MissingResult,
     Partition,
-    append_rows,
     record_materialization,
-    replace_aliases,
-    replace_partition,
     transaction,
+    write_aliases,
+    write_version,
 )
 from ..partitions import partition_of, partitions_def
 from ..resources import ClusteringSettings
+from ..run_health import claim_run, live_run_ids, reap_dead_runs
 
-DUCKDB_POOL = "duckdb"
-ASSET_ARGS = dict(
-    partitions_def=partitions_def, pool=DUCKDB_POOL, group_name="clustering", kinds={"duckdb"}
-)
+# No concurrency pool: a run that dies holds nothing (DuckDB's file lock goes with its process),
+# and writers wait for each other's short connections (`DuckDBStore.lock_timeout_s`).
+ASSET_ARGS = dict(partitions_def=partitions_def, group_name="clustering", kinds={"duckdb"})
+
+# Mistakes in a user's files or selection, and a DuckDB file held too long by another process:
+# the run fails with the message alone, no traceback.
+USER_ERRORS = (InputError, MissingResult, DatabaseBusy)
+
+
+def clustering_asset(**kwargs):
+    """`@asset` with the arguments every stage shares; a user error fails the run with its
+    one-line message."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def body(*args, **kw):
+            try:
+                return fn(*args, **kw)
+            except USER_ERRORS as err:
+                raise Failure(description=str(err), allow_retries=False) from None
+
+        return asset(**ASSET_ARGS, **kwargs)(body)
+
+    return decorate
 
 
 # When each running asset started, for the per-stage timings in `materializations`.
@@ -33,8 +58,12 @@ _started: WeakKeyDictionary = WeakKeyDictionary()
 def stage(
     context: AssetExecutionContext, clustering: ClusteringSettings
 ) -> tuple[Partition, RunConfig]:
-    """The partition and run configuration of a starting asset (and its start time)."""
+    """The partition (versioned by the run) and run configuration of a starting asset; the first
+    step of a run in a process also tags the run with it and fails runs whose process died."""
     _started[context] = time.perf_counter()
+    if claim_run(context.instance, context.run.run_id):
+        for run_id in reap_dead_runs(context.instance):
+            context.log.warning(f"run {run_id} had died without a word: marked failed")
     part = partition_of(context)
     return part, clustering.run_config(part.run_config)
 
@@ -50,28 +79,40 @@ def write_result(
     history: dict[str, pl.DataFrame] | None = None,
     aliased: dict[str, pl.DataFrame] | None = None,
 ) -> None:
-    """Replace the partition in every table of `tables`, add the rows of `history` (append-only
-    tables), replace only the aliases present in each frame of `aliased` (tables keyed by alias),
-    and log the materialisation, all in one transaction."""
+    """Write the run's version of every table in `tables` and `history` (append-only tables,
+    versioned alike), and of the aliases in each frame of `aliased` (the partition's other aliases
+    are carried over), log the materialisation, and publish the run's results if this was its last
+    asset: all in one transaction."""
+    asset = context.assets_def.key.to_user_string()
+    history, aliased = history or {}, aliased or {}
+    run_assets = {key.to_user_string() for key in context.job_def.asset_layer.selected_asset_keys}
+    live = live_run_ids(context.instance)
     with transaction(conn):
-        for table, frame in tables.items():
-            replace_partition(conn, table, part, frame)
-        for table, frame in (history or {}).items():
-            append_rows(conn, table, part, frame)
-        for table, frame in (aliased or {}).items():
-            replace_aliases(conn, table, part, frame)
+        for table, frame in {**tables, **history}.items():
+            write_version(conn, table, part, frame)
+        for table, frame in aliased.items():
+            write_aliases(conn, table, part, frame)
         record = MaterializationRecord(
-            asset=context.assets_def.key.to_user_string(),
+            asset=asset,
             run_id=context.run.run_id,
             params=config.params(),
             params_hash=config.params_hash(),
             code_version=code_version(),
-            rows=sum(frame.height for frame in [*tables.values(), *(aliased or {}).values()]),
+            rows=sum(frame.height for frame in [*tables.values(), *aliased.values()]),
             seconds=time.perf_counter() - _started.get(context, time.perf_counter()),
             input_hash=input_hash,
             stats=stats,
         )
         record_materialization(conn, part, record)
+        mark_written(conn, part, asset, [*tables, *history, *aliased])
+        published = publish_if_complete(conn, part, run_assets, live)
+    if published is not None:
+        context.log.info(f"published {part}: {', '.join(published.tables)}")
+        if published.withdrawn:
+            context.log.warning(
+                f"withdrew {', '.join(published.withdrawn)} of {part}: they were computed from "
+                "results this run replaced; materialise them again"
+            )
 
 
 def markdown_table(frame: pl.DataFrame) -> MetadataValue:

@@ -1,17 +1,19 @@
 import time
 
 import polars as pl
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
 from ..core.embed import cache_key, make_encoder, pick_device
 from ..core.run_config import EmbeddingConfig
 from ..core.storage import missing_hashes, model_dim, put_vectors, read_partition
 from ..resources import ClusteringSettings, connection
-from .common import ASSET_ARGS, stage, write_result
+from .common import clustering_asset, stage, write_result
 
-# Texts embedded between two cache writes: an interrupted run keeps what it embedded.
-CHUNK = 16_384
+# Vectors are committed every ~CHUNK_SECONDS of encoding, so an interrupted run loses at most
+# that much work; the chunk size adapts to the device's speed within these bounds.
+CHUNK_SECONDS = 3.0
+CHUNK_BOUNDS = (32, 16_384)
 
 
 def embed_missing(
@@ -31,16 +33,22 @@ def embed_missing(
     todo = texts.filter(pl.col("text_hash").is_in(missing.implode())).unique(
         "text_hash", keep="first", maintain_order=True
     )
-    for start in range(0, todo.height, CHUNK):
-        chunk = todo.slice(start, CHUNK)
+    start, size = 0, max(CHUNK_BOUNDS[0], config.batch_size)
+    while start < todo.height:
+        chunk = todo.slice(start, size)
+        began = time.perf_counter()
         vectors = encode(chunk["text"].to_list())
+        seconds = time.perf_counter() - began
         with connection(duckdb) as conn:
             put_vectors(conn, model, chunk["text_hash"], vectors)
-        context.log.info(f"embedded {start + chunk.height}/{todo.height} new texts")
+        start += chunk.height
+        context.log.info(f"embedded {start}/{todo.height} new texts")
+        rate = chunk.height / max(seconds, 1e-3)
+        size = int(min(max(rate * CHUNK_SECONDS, CHUNK_BOUNDS[0]), CHUNK_BOUNDS[1]))
     return todo.height
 
 
-@asset(deps=["raw_texts"], **ASSET_ARGS)
+@clustering_asset(deps=["raw_texts"])
 def embeddings(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:

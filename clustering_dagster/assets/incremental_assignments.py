@@ -1,5 +1,5 @@
 import polars as pl
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
 from ..core.embed import cache_key
@@ -7,7 +7,7 @@ from ..core.incremental import ClusteredLevel, appended_rows, assign
 from ..core.ingest import load_texts
 from ..core.storage import matrix_column, partition_vectors, read_partition, vectors_for
 from ..resources import ClusteringSettings, connection
-from .common import ASSET_ARGS, markdown_table, stage, write_result
+from .common import clustering_asset, markdown_table, stage, write_result
 from .embeddings import embed_missing
 
 SCHEMA = {
@@ -41,7 +41,7 @@ def _clustered_levels(assignments: pl.DataFrame, centroids: pl.DataFrame) -> lis
     return levels
 
 
-@asset(deps=["cluster_levels"], **ASSET_ARGS)
+@clustering_asset(deps=["cluster_levels"])
 def incremental_assignments(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:

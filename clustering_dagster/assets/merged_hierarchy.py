@@ -1,20 +1,20 @@
 from functools import partial
 
 import polars as pl
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 from dagster_duckdb import DuckDBResource
 
 from ..core.hierarchy import render_tree
 from ..core.label import KeywordLabeler
 from ..core.merge import Merger, Node, offline_tree, stored_encoder
-from ..core.storage import SCHEMA, read_partition
+from ..core.storage import read_partition
 from ..core.summarize import read_base_clusters
 from ..resources import ClusteringSettings, connection
-from .common import ASSET_ARGS, stage, write_result
+from .common import clustering_asset, stage, write_result
 from .summary_runs import cost_metadata, summary_runs
 
 
-@asset(deps=["cluster_summaries", "cluster_hierarchy"], **ASSET_ARGS)
+@clustering_asset(deps=["cluster_summaries", "cluster_hierarchy"])
 def merged_hierarchy(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:
@@ -24,11 +24,9 @@ def merged_hierarchy(
     runs = summary_runs(duckdb, context, config)
     with connection(duckdb) as conn:
         base = read_base_clusters(conn, part)
-        summaries = conn.execute(
-            f"SELECT * FROM {SCHEMA}.cluster_summaries WHERE dataset = ? AND run_config = ? "
-            "AND list_contains(?, alias) ORDER BY alias, cluster_id",
-            [part.dataset, part.run_config, [run.alias for run in runs]],
-        ).pl()
+        summaries = read_partition(
+            conn, "cluster_summaries", part, "*", "alias, cluster_id"
+        ).filter(pl.col("alias").is_in([run.alias for run in runs]))
         hdbscan_tree = read_partition(conn, "hierarchy", part, "*", "position")
         examples = read_partition(
             conn, "cluster_labels", part, "level, cluster_id, examples", "level"

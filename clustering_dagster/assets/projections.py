@@ -2,7 +2,7 @@ import time
 
 import numpy as np
 import polars as pl
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
 from ..core.embed import cache_key, normalise_rows
@@ -11,12 +11,12 @@ from ..core.project import project
 from ..core.run_config import stable_hash
 from ..core.storage import find_projection, partition_vectors, read_partition
 from ..resources import ClusteringSettings, connection
-from .common import ASSET_ARGS, stage, write_result
+from .common import clustering_asset, stage, write_result
 
 PROJECTION_COLUMNS = "row_idx, cluster_space, map_x, map_y, input_hash"
 
 
-@asset(deps=["embeddings"], **ASSET_ARGS)
+@clustering_asset(deps=["embeddings"])
 def projections(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:

@@ -1,15 +1,15 @@
 from dataclasses import asdict
 
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, asset
+from dagster import AssetExecutionContext, DataVersion, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
 from ..core.datasets import source_hash
 from ..core.ingest import content_hash, load_texts
 from ..resources import ClusteringSettings, connection
-from .common import ASSET_ARGS, stage, write_result
+from .common import clustering_asset, stage, write_result
 
 
-@asset(**ASSET_ARGS)
+@clustering_asset()
 def raw_texts(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:

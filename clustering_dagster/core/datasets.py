@@ -52,9 +52,21 @@ def _read_spec_file(spec_path: Path) -> dict:
         spec = yaml.safe_load(spec_path.read_text()) or {}
     except yaml.YAMLError as err:
         raise InputError(f"{spec_path}: not valid YAML ({err})") from err
-    if not isinstance(spec, dict) or set(spec) - SPEC_FIELDS:
+    if not isinstance(spec, dict):
+        raise InputError(f"{spec_path}: expected a mapping of settings, got {spec!r}")
+    unknown = sorted(set(spec) - SPEC_FIELDS)
+    if unknown:
+        raise InputError(f"{spec_path}: unknown setting {unknown[0]!r}; use {sorted(SPEC_FIELDS)}")
+    for name in SPEC_FIELDS - {"metadata_columns"}:
+        if spec.get(name) is not None and not isinstance(spec[name], str):
+            raise InputError(f"{spec_path}: {name} must be one column name, got {spec[name]!r}")
+    columns = spec.get("metadata_columns")
+    if columns is not None and not (
+        isinstance(columns, list) and all(isinstance(c, str) for c in columns)
+    ):
         raise InputError(
-            f"{spec_path}: expected a mapping with keys among {sorted(SPEC_FIELDS)}, got {spec!r}"
+            f"{spec_path}: metadata_columns must be a list of column names, like [{columns}], "
+            f"got {columns!r}"
         )
     return spec
 
@@ -77,38 +89,40 @@ def _spec_for(path: Path) -> DatasetSpec:
     )
 
 
-def scan_datasets(root: Path) -> tuple[dict[str, DatasetSpec], dict[str, list[str]]]:
-    """Every dataset under `root` by slugified key, and the keys that several names make (those
-    are left out: which one is meant is for the user to say, by renaming)."""
+def scan_datasets(root: Path) -> tuple[dict[str, DatasetSpec], dict[str, str]]:
+    """Every valid dataset under `root` by key, and a message per entry that is not one (a bad
+    name or YAML, or several names making one key: which is meant is for the user to say, by
+    renaming). A bad entry never hides the others."""
     if not root.is_dir():
         return {}, {}
     named: dict[str, list[DatasetSpec]] = {}
+    problems: dict[str, str] = {}
     for path in sorted(root.iterdir()):
         if path.name.startswith(".") or not (path.is_dir() or path.suffix in DATA_SUFFIXES):
             continue
-        spec = _spec_for(path)
+        try:
+            spec = _spec_for(path)
+        except InputError as err:  # keyed by its dataset key where it has one
+            try:
+                problems[slugify(path.name if path.is_dir() else path.stem)] = str(err)
+            except InputError:
+                problems[path.name] = str(err)
+            continue
         named.setdefault(spec.key, []).append(spec)
     found = {key: specs[0] for key, specs in named.items() if len(specs) == 1}
-    clashes = {key: [s.path.name for s in specs] for key, specs in named.items() if len(specs) > 1}
-    return found, clashes
-
-
-def clash_message(root: Path, key: str, names: list[str]) -> str:
-    return f"{' and '.join(names)} in {root} all make the dataset key {key!r}: rename all but one"
-
-
-def discover_datasets(root: Path) -> dict[str, DatasetSpec]:
-    """Every dataset under `root`, by slugified key. Two names with one key are an error."""
-    found, clashes = scan_datasets(root)
-    for key, names in clashes.items():
-        raise InputError(clash_message(root, key, names))
-    return found
+    for key, specs in named.items():
+        if len(specs) > 1:
+            names = " and ".join(s.path.name for s in specs)
+            problems[key] = (
+                f"{names} in {root} all make the dataset key {key!r}: rename all but one"
+            )
+    return found, problems
 
 
 def find_dataset(root: Path, key: str) -> DatasetSpec:
-    datasets, clashes = scan_datasets(root)
-    if key in clashes:
-        raise InputError(clash_message(root, key, clashes[key]))
+    datasets, problems = scan_datasets(root)
+    if key in problems:
+        raise InputError(problems[key])
     if key not in datasets:
         known = ", ".join(sorted(datasets)) or "none"
         raise InputError(f"no dataset {key!r} under {root} (known: {known})")

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,20 +42,38 @@ def _decode(path: Path) -> tuple[str, int]:
         return text, text.count("\ufffd") - raw.decode("utf-8-sig", errors="ignore").count("\ufffd")
 
 
-def _read_file(path: Path) -> tuple[pl.DataFrame, int]:
+def _read_file(path: Path, text_column: str) -> tuple[pl.DataFrame, int]:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
-    if path.suffix == ".parquet":
-        return pl.read_parquet(path), 0
-    text, bad = _decode(path)
+    text, bad = ("", 0) if path.suffix == ".parquet" else _decode(path)
     try:
-        if path.suffix == ".csv":
+        if path.suffix == ".parquet":
+            frame = pl.read_parquet(path)
+        elif path.suffix == ".csv":
             frame = pl.read_csv(io.StringIO(text), infer_schema=False)
         else:
             frame = pl.read_ndjson(io.StringIO(text), infer_schema_length=None)
     except Exception as err:  # polars raises several error types for malformed files
-        raise InputError(f"{path}: cannot be parsed as {path.suffix[1:]} ({err})") from err
+        raise InputError(f"{path}: cannot be read as {path.suffix[1:]} ({err})") from err
+    if path.suffix in (".jsonl", ".ndjson"):
+        _require_json_strings(text, path, text_column)
+    elif text_column in frame.columns and frame[text_column].dtype not in (pl.String, pl.Null):
+        raise InputError(
+            f"{path}: column {text_column!r} holds {frame[text_column].dtype} values, not text"
+        )
     return frame, bad
+
+
+def _require_json_strings(text: str, path: Path, column: str) -> None:
+    """JSON numbers, booleans, lists or objects in the text column are errors, not strings."""
+    for number, line in enumerate(text.splitlines(), 1):
+        row = json.loads(line) if line.strip() else None
+        value = row.get(column) if isinstance(row, dict) else None
+        if value is not None and not isinstance(value, str):
+            raise InputError(
+                f"{path}, line {number}: column {column!r} holds {type(value).__name__} "
+                f"{json.dumps(value)[:60]}, not text; quote it in the file to cluster it as text"
+            )
 
 
 def _require_columns(frame: pl.DataFrame, path: Path, spec: DatasetSpec) -> None:
@@ -107,7 +126,7 @@ def load_texts(spec: DatasetSpec) -> tuple[pl.DataFrame, IngestReport]:
     frames, bad = [], 0
     root = spec.path if spec.path.is_dir() else spec.path.parent
     for path in spec.files:
-        frame, bad_bytes = _read_file(path)
+        frame, bad_bytes = _read_file(path, spec.text_column)
         if frame.height == 0:
             raise InputError(f"{path}: the file has a header but no rows")
         _require_columns(frame, path, spec)
@@ -137,10 +156,15 @@ def load_texts(spec: DatasetSpec) -> tuple[pl.DataFrame, IngestReport]:
         )
         .sort("row_idx")
     )
-    duplicated_ids = texts["text_id"].is_duplicated().sum()
-    if duplicated_ids:
+    repeated = texts.filter(pl.col("text_id").is_duplicated())
+    if repeated.height:
+        where = repeated.group_by("text_id", maintain_order=True).agg(
+            pl.format("{} row {}", "source_file", pl.col("line") + 1).str.join(", ")
+        )
+        shown = "; ".join(f"{i!r} at {lines}" for i, lines in where.head(3).rows())
         raise InputError(
-            f"{spec.path}: id column {spec.id_column!r} has {duplicated_ids} rows with repeated ids"
+            f"{spec.path}: id column {spec.id_column!r} repeats {where.height} ids "
+            f"({repeated.height} rows), e.g. {shown}"
         )
     report = IngestReport(
         rows_read=rows_read,

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -159,20 +160,79 @@ def stable_hash(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_run_configs(path: Path) -> dict[str, RunConfig]:
-    """All run configurations in a YAML mapping of name -> parameters (levels listed coarse first)."""
+# Run configuration names are partition keys: Dagster forbids | , [ ] in them.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML where a key given twice in one mapping is an error (not: the last one wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+class RunConfigs(Mapping):
+    """The valid run configurations of a file by name, and a message per invalid one: one bad
+    entry fails only its own partitions. Looking up an invalid name raises its InputError."""
+
+    def __init__(self, valid: dict[str, RunConfig], errors: dict[str, str]):
+        self.valid, self.errors = valid, errors
+
+    def __getitem__(self, name: str) -> RunConfig:
+        if name in self.errors:
+            raise InputError(self.errors[name])
+        return self.valid[name]
+
+    def __iter__(self):
+        return iter(self.valid)
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    def partition_names(self) -> list[str]:
+        """Every name usable as a partition key, valid or not (an invalid one fails its runs)."""
+        return sorted(name for name in {*self.valid, *self.errors} if NAME.fullmatch(name))
+
+
+def load_run_configs(path: Path) -> RunConfigs:
+    """All run configurations in a YAML mapping of name -> parameters (levels listed coarse first).
+    A file that cannot be read as such a mapping is an InputError; a bad entry is reported in
+    `errors` with the file, line and entry."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        loader = _StrictLoader(path.read_text())
     except FileNotFoundError as err:
         raise InputError(f"run configuration file {path} does not exist") from err
+    try:
+        root = loader.get_single_node()
     except yaml.YAMLError as err:
         raise InputError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(raw, dict) or not raw:
+    if not isinstance(root, yaml.MappingNode) or not root.value:
         raise InputError(f"{path}: expected a mapping of run configuration names to parameters")
-    configs = {}
-    for name, params in raw.items():
+    valid, errors, lines = {}, {}, {}
+    for key_node, value_node in root.value:
+        name, line = str(key_node.value), key_node.start_mark.line + 1
+        where = f"{path}, line {line}: run configuration {name!r}"
+        if name in lines:
+            errors[name] = f"{where} is defined twice (first at line {lines[name]})"
+            valid.pop(name, None)
+            continue
+        lines[name] = line
+        if not NAME.fullmatch(name):
+            errors[name] = f"{where}: a name may hold only letters, digits, _ . and -"
+            continue
         try:
-            configs[name] = RunConfig(name=name, **(params or {}))
-        except (ValidationError, TypeError) as err:
-            raise InputError(f"{path}: run configuration {name!r} is invalid:\n{err}") from err
-    return configs
+            params = loader.construct_object(value_node, deep=True) or {}
+            if not isinstance(params, dict):
+                raise TypeError(f"expected a mapping of parameters, got {params!r}")
+            valid[name] = RunConfig(name=name, **params)
+        except (ValidationError, TypeError, yaml.YAMLError) as err:
+            errors[name] = f"{where} is invalid:\n{err}"
+    return RunConfigs(valid, errors)

@@ -25,3 +25,8 @@ def run_configs_path() -> Path:
 
 def operations_path() -> Path:
     return _path("CLUSTERING_OPERATIONS", DATA_DIR / "operations.yaml")
+
+
+def lock_timeout_s() -> float:
+    """Seconds a writer waits for a DuckDB file another process holds (default 300)."""
+    return float(os.environ.get("CLUSTERING_LOCK_TIMEOUT_S", 300))

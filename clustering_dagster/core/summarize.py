@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from .embed import normalise_rows
 from .llm import Ask, LLMClient, escape, instructions
 from .run_config import LLMSettings
-from .storage import SCHEMA, Partition, partition_vectors
+from .storage import Partition, partition_vectors, relation
 
 # Titles are asked for in at most 10 words; a reply of up to this many is accepted.
 MAX_TITLE_WORDS = 12
@@ -90,28 +90,24 @@ class BaseClusters:
 def read_base_clusters(conn, part: Partition) -> BaseClusters:
     """The partition's finest level, with the keyword labels of `cluster_labels`."""
     rows, vectors = partition_vectors(conn, part)
-    levels = conn.execute(
-        f"SELECT min(level), max(level) FROM {SCHEMA}.assignments "
-        "WHERE dataset = ? AND run_config = ?",
-        [part.dataset, part.run_config],
-    ).fetchone()
+    assignments = relation(conn, "assignments", part)
+    levels = conn.execute(f"SELECT min(level), max(level) FROM {assignments}").fetchone()
     assigned = conn.execute(
         f"""
         SELECT fine.row_idx, fine.level_name, fine.cluster_id, top.cluster_id AS top_id
-        FROM {SCHEMA}.assignments fine JOIN {SCHEMA}.assignments top
-          ON top.dataset = fine.dataset AND top.run_config = fine.run_config
-         AND top.row_idx = fine.row_idx AND top.level = $4
-        WHERE fine.dataset = $1 AND fine.run_config = $2 AND fine.level = $3
+        FROM {assignments} fine JOIN {assignments} top
+          ON top.row_idx = fine.row_idx AND top.level = $2
+        WHERE fine.level = $1
         ORDER BY fine.row_idx
         """,
-        [part.dataset, part.run_config, levels[1], levels[0]],
+        [levels[1], levels[0]],
     ).pl()
     if assigned["row_idx"].to_list() != rows["row_idx"].to_list():
         raise LookupError(f"the assignments of {part} do not cover its texts: re-cluster first")
     labels = conn.execute(
-        f"SELECT level, cluster_id, size, label, keywords, examples FROM {SCHEMA}.cluster_labels "
-        "WHERE dataset = ? AND run_config = ? AND level IN (?, ?) ORDER BY cluster_id",
-        [part.dataset, part.run_config, levels[0], levels[1]],
+        "SELECT level, cluster_id, size, label, keywords, examples "
+        f"FROM {relation(conn, 'cluster_labels', part)} WHERE level IN (?, ?) ORDER BY cluster_id",
+        [levels[0], levels[1]],
     ).pl()
     for level in levels:
         labelled = labels.filter(pl.col("level") == level)["cluster_id"].to_list()
