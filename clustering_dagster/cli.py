@@ -1,20 +1,30 @@
-"""`clustering-dagster`: register the datasets found on disk as Dagster partitions."""
+"""`clustering-dagster`: register datasets as Dagster partitions, and read the results (datasets,
+runs, tree, show, texts, search, export, map). `clustering-dagster COMMAND --help` for each."""
 
-import argparse
+from __future__ import annotations
+
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dagster import DagsterInstance
+import click
 
+from .commands.explore import COMMANDS
 from .core import settings
 from .core.datasets import scan_datasets
 from .core.errors import InputError
 from .core.run_config import load_run_configs
-from .partitions import DATASET_DIMENSION
+from .core.storage import DatabaseBusy, MissingResult
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 
 def register(instance: DagsterInstance, datasets_dir) -> tuple[list[str], list[str], list[str]]:
     """Add a `dataset` partition for every valid dataset under `datasets_dir`; returns (added,
     known, problems): a bad entry is reported and never stops the others."""
+    from .partitions import DATASET_DIMENSION
+
     found, problems = scan_datasets(datasets_dir)
     keys = sorted(found)
     known = set(instance.get_dynamic_partitions(DATASET_DIMENSION))
@@ -24,30 +34,70 @@ def register(instance: DagsterInstance, datasets_dir) -> tuple[list[str], list[s
     return added, keys, list(problems.values())
 
 
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The results DuckDB file (default: CLUSTERING_DUCKDB_PATH or data/clustering_dagster.duckdb).",
+)
+@click.pass_context
+def cli(ctx: click.Context, db: Path | None) -> None:
+    """Cluster short texts with Dagster; read the results from the terminal."""
+    ctx.obj = db or settings.duckdb_path()
+
+
+@cli.command(name="register")
+def register_command() -> None:
+    """Add a partition for every dataset in the datasets folder."""
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        added, keys, problems = register(instance, settings.datasets_dir())
+    for problem in problems:
+        click.echo(f"skipped: {problem}", err=True)
+    click.echo(
+        f"datasets: {', '.join(keys) or 'none'}; newly registered: {', '.join(added) or 'none'}"
+    )
+
+
+@cli.command(name="list")
+def list_command() -> None:
+    """Show the datasets on disk and the run configurations."""
+    for key, spec in scan_datasets(settings.datasets_dir())[0].items():
+        click.echo(f"dataset     {key:30s} {spec.path}")
+    for name in load_run_configs(settings.run_configs_path()):
+        click.echo(f"run_config  {name}")
+
+
+for command in COMMANDS:
+    cli.add_command(command)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clustering-dagster", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("register", help="add a partition for every dataset in the datasets folder")
-    commands.add_parser("list", help="show datasets on disk and run configurations")
-    args = parser.parse_args(argv)
+    """Run a command; a user mistake ends in one line on stderr and a non-zero exit code."""
     try:
-        if args.command == "register":
-            with DagsterInstance.get() as instance:
-                added, keys, problems = register(instance, settings.datasets_dir())
-            for problem in problems:
-                print(f"skipped: {problem}", file=sys.stderr)
-            print(
-                f"datasets: {', '.join(keys) or 'none'}; newly registered: {', '.join(added) or 'none'}"
-            )
-        else:
-            for key, spec in scan_datasets(settings.datasets_dir())[0].items():
-                print(f"dataset     {key:30s} {spec.path}")
-            for name in load_run_configs(settings.run_configs_path()):
-                print(f"run_config  {name}")
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        result = cli.main(argv, prog_name="clustering-dagster", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as err:
+        click.echo(err.ctx.get_help())
+        return 0
+    except click.UsageError as err:
+        where = err.ctx.command_path if err.ctx else "clustering-dagster"
+        click.echo(f"error: {_one_line(err.format_message())} (see {where} --help)", err=True)
         return 2
-    return 0
+    except (InputError, MissingResult, DatabaseBusy) as err:
+        click.echo(f"error: {_one_line(str(err))}", err=True)
+        return 1
+    except click.Abort:
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from .cluster_hierarchy import cluster_hierarchy
 from .cluster_labels import cluster_labels
 from .cluster_levels import cluster_levels
+from .cluster_map import cluster_map
 from .cluster_summaries import cluster_summaries
 from .embeddings import embeddings
 from .incremental_assignments import incremental_assignments
@@ -19,5 +20,6 @@ ALL_ASSETS = [
     cluster_hierarchy,
     cluster_summaries,
     merged_hierarchy,
+    cluster_map,
     incremental_assignments,
 ]

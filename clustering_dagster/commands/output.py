@@ -1,0 +1,99 @@
+"""Printing: rich tables for people, JSON (`--json`) for jq and agents."""
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+# Piped output (a file, less, a test) is not cut to 80 columns: COLUMNS, or 160.
+console = Console(highlight=False)
+if not console.is_terminal:
+    console = Console(highlight=False, width=int(os.environ.get("COLUMNS", 160)))
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+run_config_option = click.option(
+    "--run-config",
+    "-r",
+    default=None,
+    help="Run configuration (default: the dataset's only one, or default).",
+)
+alias_option = click.option(
+    "--alias",
+    default=None,
+    help="Whose cluster names: an LLM summary alias, or 'keywords' (default: an LLM alias if any).",
+)
+
+
+def _plain(value):
+    """JSON-ready values: DuckDB maps (lists of key/value structs) as objects, times as text."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, dict) and set(v) == {"key", "value"} for v in value)
+    ):
+        return {v["key"]: _plain(v["value"]) for v in value}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, float):
+        return round(value, 6)
+    return value
+
+
+def emit_json(value, lines: bool = False) -> None:
+    """Indented JSON, or with `lines` one compact line (JSON Lines, one object per answer)."""
+    indent = None if lines else 2
+    sys.stdout.write(json.dumps(_plain(value), ensure_ascii=False, indent=indent) + "\n")
+    sys.stdout.flush()
+
+
+def show_table(
+    rows: Sequence[dict],
+    columns: Sequence[tuple[str, str]],
+    title: str | None = None,
+    wrap: str | None = None,
+) -> None:
+    """`columns` = (key, header); a header ending in '>' is right-aligned; `wrap` is the column
+    that takes the remaining width."""
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for key, header in columns:
+        table.add_column(
+            header.rstrip(">"),
+            justify="right" if header.endswith(">") else "left",
+            overflow="fold",
+            ratio=1 if key == wrap else None,
+            no_wrap=key != wrap,
+        )
+    for row in rows:
+        table.add_row(*[escape(_cell(row.get(key))) for key, _ in columns])
+    console.print(table)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def say(text: str) -> None:
+    console.print(escape(text))
+
+
+def note(text: str) -> None:
+    """A line for people on stderr, so stdout stays data."""
+    click.echo(text, err=True)
