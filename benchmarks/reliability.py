@@ -150,7 +150,8 @@ class Bench:
             run = self.box.start()
             if hold_s is None:
                 ok = run.finish()
-            else:
+            else:  # hold on for a while after the run met the lock
+                run.wait_for("is locked by")
                 time.sleep(hold_s)
         if hold_s is not None:
             ok = run.finish()
