@@ -28,6 +28,22 @@ def intent_cluster(explored, intent: str) -> str:
     )["node_id"][0]
 
 
+def intent_clusters(explored, intent: str) -> set[str]:
+    """The fine clusters holding at least a quarter of an intent's queries (an intent can be split
+    over two clusters, and UMAP does not always split it the same way)."""
+    return set(
+        explored.workspace.sql(
+            "SELECT 'fine/' || a.cluster_id AS node_id FROM clustering.assignments a "
+            "JOIN clustering.texts t USING (dataset, run_config, row_idx) "
+            "WHERE a.dataset = ? AND a.run_config = 'default' AND a.level_name = 'fine' "
+            "AND t.ground_truth = ? GROUP BY ALL "
+            "HAVING count(*) >= 0.25 * (SELECT count(*) FROM clustering.texts "
+            "WHERE dataset = ? AND run_config = 'default' AND ground_truth = ?)",
+            [DATASET, intent, DATASET, intent],
+        )["node_id"]
+    )
+
+
 PARAPHRASES = {
     "age_limit": "Is there a minimum age before I can sign up for an account?",
     "cancel_transfer": "I sent money to the wrong person, can I still stop that payment?",
@@ -45,7 +61,7 @@ def test_paraphrases_find_their_intents_cluster_in_the_top_three(explored):
     assert [a["query"] for a in answers] == list(PARAPHRASES.values())
     for intent, found in zip(PARAPHRASES, answers, strict=True):
         assert set(found) == {"query", "clusters"} and len(found["clusters"]) == 3
-        assert intent_cluster(explored, intent) in [hit["node_id"] for hit in found["clusters"]]
+        assert intent_clusters(explored, intent) & {hit["node_id"] for hit in found["clusters"]}
         scores = [hit["score"] for hit in found["clusters"]]
         assert scores == sorted(scores, reverse=True)
 
