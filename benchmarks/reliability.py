@@ -128,9 +128,7 @@ class Bench:
         kept = self.box.stored_vectors() - stored
         after = self.visible()
         ok, blocked, missing = self.recover(fresh)
-        new = json.loads(self.box.read(
-            "SELECT stats FROM clustering.materializations WHERE asset = 'embeddings' "
-            "ORDER BY materialized_at DESC LIMIT 1")["stats"][0])["new"]  # fmt: skip
+        new = self.box.embedded_by_last_run()
         lost = len(set(before) ^ set(after)) + missing + (kept <= 0)
         mixed = sum(mismatches(self.box).values())
         twice = new - (fresh["text"].n_unique() - kept)

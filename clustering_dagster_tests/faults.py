@@ -5,6 +5,7 @@ Shared by the crash-safety tests and `benchmarks/reliability.py`: each run is th
 run configurations and DuckDB file.
 """
 
+import json
 import os
 import re
 import shutil
@@ -95,6 +96,14 @@ class Sandbox:
 
     def stored_vectors(self) -> int:
         return self.read("SELECT count(*) AS n FROM clustering.embedding_store_384")["n"][0]
+
+    def embedded_by_last_run(self) -> int:
+        """Texts the latest `embeddings` step had to embed (not found in the vector store)."""
+        stats = self.read(
+            "SELECT stats FROM clustering.materializations WHERE asset = 'embeddings' "
+            "ORDER BY materialized_at DESC LIMIT 1"
+        )["stats"][0]
+        return json.loads(stats)["new"]
 
 
 class Run:

@@ -2,8 +2,6 @@
 with kill -9 at chosen steps, a reader holding the DuckDB file, a stage failing late; a dead run
 blocks nothing and is marked failed."""
 
-import json
-
 import duckdb
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
@@ -35,14 +33,6 @@ def _texts(box: Sandbox, partition: str = "bank|default") -> list[str]:
     return sorted(box.published_texts(partition)["text"])
 
 
-def _embedded_by_last_run(box: Sandbox) -> int:
-    stats = box.read(
-        "SELECT stats FROM clustering.materializations WHERE asset = 'embeddings' "
-        "ORDER BY materialized_at DESC LIMIT 1"
-    )["stats"][0]
-    return json.loads(stats)["new"]
-
-
 def test_killed_runs_leave_the_previous_snapshot_and_the_next_run_resumes(sandbox, monkeypatch):
     sandbox.write_dataset("bank", NEW)  # other texts: a mix would show at once
     stored = sandbox.stored_vectors()
@@ -58,12 +48,12 @@ def test_killed_runs_leave_the_previous_snapshot_and_the_next_run_resumes(sandbo
     assert clustered.wait_for(step_start("cluster_labels")) is not None, clustered.output[-3000:]
     clustered.kill()  # texts, vectors, projection and levels of NEW written, none published
     assert _texts(sandbox) == sorted(OLD["text"]) and mismatches(sandbox) == CONSISTENT
-    assert _embedded_by_last_run(sandbox) == NEW["text"].n_unique() - kept  # resumed
+    assert sandbox.embedded_by_last_run() == NEW["text"].n_unique() - kept  # resumed
 
     again = sandbox.start()  # starts at once: a dead run holds no slot and no lock
     assert again.finish(), again.output[-3000:]
     assert _texts(sandbox) == sorted(NEW["text"]) and mismatches(sandbox) == CONSISTENT
-    assert _embedded_by_last_run(sandbox) == 0  # nothing embedded twice
+    assert sandbox.embedded_by_last_run() == 0  # nothing embedded twice
 
     instance = DagsterInstance.from_config(str(sandbox.home))  # no `with`: see test_pipeline
     monkeypatch.setattr(run_health, "GRACE_S", 0)  # (a run's first step reaps after 30 s)
