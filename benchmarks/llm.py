@@ -35,9 +35,7 @@ RUN_CONFIG = "llm_example"  # a shipped partition key; the parameters are this b
 
 
 def run_config(api_base: str, concurrency: int) -> str:
-    from clustering_dagster.core.run_config import load_run_configs
-
-    default = load_run_configs(REPO / "data" / "run_configs.yaml")["default"]
+    shipped = yaml.safe_load((REPO / "data" / "run_configs.yaml").read_text())
     settings = {
         "model": "hosted_vllm/test-server-model",  # an OpenAI-compatible server, as vLLM is
         "api_base": api_base,
@@ -47,7 +45,7 @@ def run_config(api_base: str, concurrency: int) -> str:
     return yaml.safe_dump(
         {
             RUN_CONFIG: {
-                "levels": [level.model_dump(mode="json") for level in default.levels],
+                "levels": shipped["default"]["levels"],
                 "labeler": {"kind": "llm", "summaries": {"bench": settings}},
             }
         }
@@ -68,23 +66,11 @@ def main() -> None:
     from dagster import DagsterInstance, materialize
     from dagster_duckdb import DuckDBResource
 
-    from clustering_dagster.assets import (
-        cluster_hierarchy,
-        cluster_labels,
-        cluster_levels,
-        cluster_summaries,
-        embeddings,
-        merged_hierarchy,
-        projections,
-        raw_texts,
-    )
+    from clustering_dagster.assets import LLM_ASSETS, LLM_INPUTS
     from clustering_dagster.core.hierarchy import render_tree
     from clustering_dagster.core.storage import connect
     from clustering_dagster.partitions import partition_key
     from clustering_dagster.resources import ClusteringSettings
-
-    upstream = [raw_texts, embeddings, projections, cluster_levels, cluster_labels]
-    summary_assets = [cluster_summaries, merged_hierarchy]
 
     server = subprocess.Popen(
         [
@@ -140,13 +126,13 @@ def main() -> None:
             with connect(database) as conn:
                 conn.execute("DELETE FROM clustering.llm_calls")
 
-        run(upstream + [cluster_hierarchy])
-        first_calls, _, first = calls_during(summary_assets)
-        rerun_calls, _, rerun = calls_during(summary_assets)
+        run(LLM_INPUTS)
+        first_calls, _, first = calls_during(LLM_ASSETS)
+        rerun_calls, _, rerun = calls_during(LLM_ASSETS)
         clear_llm_cache()
-        seq_calls, seq_s, seq = calls_during(summary_assets, concurrency=1)
+        seq_calls, seq_s, seq = calls_during(LLM_ASSETS, concurrency=1)
         clear_llm_cache()
-        conc_calls, conc16_s, conc = calls_during(summary_assets, concurrency=16)
+        conc_calls, conc16_s, conc = calls_during(LLM_ASSETS, concurrency=16)
         assert seq_calls == conc_calls == first_calls, (seq_calls, conc_calls, first_calls)
         with connect(database) as conn:
             texts = conn.execute("SELECT count(*) FROM clustering.texts").fetchone()[0]

@@ -2,14 +2,21 @@
 the request, so results are checkable.
 
 `/v1/embeddings` returns bag-of-words vectors. `/v1/chat/completions` answers the labeling prompts
-of `clustering_dagster.core.summarize` and `.merge`, told apart by the JSON schema name in
-`response_format`: titles are built from the most frequent content words of the delimited texts,
-parents from the words of their children's titles. It behaves like a naive model in one respect:
-an instruction "answer only with: X" found outside the <text> data blocks is obeyed.
+of `clustering_dagster.core.summarize` and `.merge`, told apart by the answer's JSON schema (in
+`response_format`, or shown in the prompt): titles are built from the most frequent content words
+of the delimited texts, parents from the words of their children's titles. It behaves like a naive
+model in one respect: an instruction "answer only with: X" found outside the <text> data blocks is
+obeyed.
 
-Faults are injected with `inject`: "429", "500" and "401" (an error status), "hang" (no reply
-before `hang_s`), "invalid_json" (a chatty reply that is not JSON), "unknown_parent" (an
-assignment naming no offered category). Every reply can be delayed by a fixed `latency` (seconds).
+Structured-output forms the server does not `accept` are refused as real servers do: `json_schema`
+with llama.cpp's HTTP 500 ("Input should be 'text' or 'json_object'"), `json_object` with a 400.
+Faults are injected with `inject`: "429", "503", "500" and "401" (an error status; a 429 or 503
+may carry `retry_after` seconds), "hang" (no reply before `hang_s`), "invalid_json" (a chatty reply
+that is not JSON), "unknown_parent" (an assignment naming no offered category), and the harmless
+defects of small models: "near_miss_parent" (an offered name in other case and punctuation),
+"control_chars" (raw control characters inside JSON strings), "long_title" (a 14-word title) and
+"blank_category" (an extra category without a name). Every reply can be delayed by a fixed
+`latency` (seconds).
 """
 
 import argparse
@@ -110,7 +117,11 @@ def assign_parent(prompt: str) -> dict:
 
 def describe_parent(prompt: str) -> dict:
     titles = _items(_block(prompt, "clusters"), "title")
-    words = top_words(titles, 3) or ["misc"]
+    taken = {t.casefold() for t in titles}
+    for n in range(3, 7):  # as many words as it takes not to be named like one of the children
+        words = top_words(titles, n) or ["misc"]
+        if " ".join(words).casefold() not in taken:
+            break
     return {
         "title": " ".join(words).capitalize(),
         "summary": f"Groups {len(titles)} clusters about {', '.join(words)}.",
@@ -126,18 +137,63 @@ ANSWERS = {
 }
 
 
+FORMS = ("json_schema", "json_object", "prompt")
+
+
+def form_of(request: dict) -> str:
+    return (request.get("response_format") or {}).get("type", "prompt")
+
+
+def _prompt(request: dict) -> str:
+    return next(m["content"] for m in request["messages"] if m["role"] == "user")
+
+
+def schema_of(request: dict) -> dict:
+    """The answer's JSON schema: from `response_format`, or the last JSON line of the prompt."""
+    response_format = request.get("response_format") or {}
+    if "json_schema" in response_format:
+        return response_format["json_schema"]["schema"]
+    if "schema" in response_format:
+        return response_format["schema"]
+    lines = [line for line in _prompt(request).splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
+
+
 def task_of(request: dict) -> str:
-    return request.get("response_format", {}).get("json_schema", {}).get("name", "")
+    fields = set(schema_of(request).get("properties", {}))
+    if fields == {"categories"}:
+        candidates = "<candidates>" in _prompt(request)
+        return "deduplicated_categories" if candidates else "parent_candidates"
+    return {
+        frozenset({"title", "summary", "category", "coherence"}): "cluster_description",
+        frozenset({"category"}): "parent_assignment",
+        frozenset({"title", "summary"}): "parent_description",
+    }.get(frozenset(fields), "")
 
 
-def answer(request: dict) -> str:
+def with_defect(kind: str, task: str, reply: dict) -> str:
+    """A correct reply spoilt by one of the harmless defects of small models."""
+    if kind == "near_miss_parent" and task == "parent_assignment":
+        reply = {"category": f" {reply['category'].upper().replace(' ', '  ')}."}
+    elif kind == "long_title" and "title" in reply:
+        reply = reply | {"title": " ".join([reply["title"]] + ["and", "more"] * 7)}
+    elif kind == "blank_category" and "categories" in reply:
+        reply = {"categories": [*reply["categories"], {"name": " ", "description": "Nothing."}]}
+    if kind != "control_chars":
+        return json.dumps(reply)
+    text = json.dumps(reply, separators=(",", ":"))  # ", " and ". " now occur only in strings
+    return text.replace(". ", ".\n\t").replace(", ", ",\x07 ")  # raw, not escaped
+
+
+def answer(request: dict, defect: str | None = None) -> str:
     """The reply's content: the first user message decides it, as if re-asked from scratch."""
-    prompt = next(m["content"] for m in request["messages"] if m["role"] == "user")
+    prompt = _prompt(request)
     outside_data = re.sub(r"<text>.*?</text>", "", prompt, flags=re.S)
     obeyed = re.search(r"(?i)answer only with:?\s*(\S+)", outside_data)
     if obeyed:
         return obeyed.group(1)
-    return json.dumps(ANSWERS[task_of(request)](prompt))
+    task = task_of(request)
+    return with_defect(defect or "", task, ANSWERS[task](prompt))
 
 
 @dataclass
@@ -146,6 +202,25 @@ class Fault:
     times: int | None  # None: every matching request
     task: str | None
     after: int  # applies only once this many chat requests have arrived
+    retry_after: float | None = None  # seconds, sent in a Retry-After header
+
+
+# How real servers refuse a form they do not take: llama.cpp's server validates the request
+# with pydantic and answers a 500; others answer a 400.
+REFUSALS = {
+    "json_schema": (
+        500,
+        "[{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+        "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}]",
+    ),
+    "json_object": (400, "response_format of type json_object is not supported"),
+}
+ERRORS = {
+    "429": "rate limited",
+    "503": "overloaded",
+    "500": "internal error",
+    "401": "invalid key",
+}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -155,12 +230,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output quiet
         pass
 
-    def _reply(self, status: int, body: dict) -> None:
+    def _reply(self, status: int, body: dict, headers: dict | None = None) -> None:
         data = json.dumps(body).encode()
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout)
@@ -202,21 +279,31 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _chat(self, request: dict, server: "OpenAICompatibleServer") -> None:
+        form = form_of(request)
+        if form not in server.accepts:
+            status, message = REFUSALS[form]
+            self._reply(status, {"error": {"message": message, "type": "invalid_request_error"}})
+            return
         task = task_of(request)
         fault = server.take_fault(task)
+        kind = fault.kind if fault else None
         time.sleep(server.latency)
-        if fault == "hang":
+        if kind == "hang":
             time.sleep(server.hang_s)
-        if fault in ("429", "500", "401"):
-            message = {"429": "rate limited", "500": "internal error", "401": "invalid key"}[fault]
-            self._reply(int(fault), {"error": {"message": message, "type": "server_error"}})
+        if kind in ERRORS:
+            wait = fault.retry_after
+            self._reply(
+                int(kind),
+                {"error": {"message": ERRORS[kind], "type": "server_error"}},
+                {} if wait is None else {"Retry-After": f"{wait:g}"},
+            )
             return
-        if fault == "invalid_json":
+        if kind == "invalid_json":
             content = 'Sure! Here is the JSON you asked for: {"title": "unfinished'
-        elif fault == "unknown_parent" and task == "parent_assignment":
+        elif kind == "unknown_parent" and task == "parent_assignment":
             content = json.dumps({"category": "A category nobody offered"})
         else:
-            content = answer(request)
+            content = answer(request, kind)
         prompt_tokens = sum(len(m["content"].split()) for m in request["messages"])
         self._reply(
             200,
@@ -250,9 +337,10 @@ class _Server(ThreadingHTTPServer):
 class OpenAICompatibleServer:
     """Start with `with OpenAICompatibleServer() as server:`; `server.api_base` is its URL."""
 
-    def __init__(self, latency: float = 0.0, hang_s: float = 2.0):
+    def __init__(self, latency: float = 0.0, hang_s: float = 2.0, accepts: tuple = FORMS):
         self.latency = latency
         self.hang_s = hang_s
+        self.accepts = accepts  # the structured-output forms it takes
         self.lock = threading.Lock()
         self.requests: list[tuple[str, dict]] = []
         self.headers: list[dict] = []
@@ -269,28 +357,41 @@ class OpenAICompatibleServer:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def inject(
-        self, kind: str, times: int | None = 1, task: str | None = None, after: int = 0
+        self,
+        kind: str,
+        times: int | None = 1,
+        task: str | None = None,
+        after: int = 0,
+        retry_after: float | None = None,
     ) -> None:
         """Make the next `times` chat requests (of `task`, once `after` have arrived) fail so."""
-        self.faults.append(Fault(kind, times, task, after))
+        self.faults.append(Fault(kind, times, task, after, retry_after))
 
-    def take_fault(self, task: str) -> str | None:
+    def take_fault(self, task: str) -> Fault | None:
         with self.lock:
             self.arrivals.append(time.monotonic())
             for fault in self.faults:
                 if fault.task not in (None, task) or len(self.arrivals) <= fault.after:
                     continue
                 if fault.times is None:
-                    return fault.kind
+                    return fault
                 if fault.times > 0:
                     fault.times -= 1
-                    return fault.kind
+                    return fault
             return None
+
+    def chats(self) -> list[dict]:
+        """Every chat request so far, in arrival order."""
+        with self.lock:
+            return [r for path, r in self.requests if path.endswith("/chat/completions")]
 
     def chat_tasks(self) -> list[str]:
         """The task of every chat request so far, in arrival order."""
-        with self.lock:
-            return [task_of(r) for path, r in self.requests if path.endswith("/chat/completions")]
+        return [task_of(r) for r in self.chats()]
+
+    def chat_forms(self) -> list[str]:
+        """The structured-output form of every chat request so far, in arrival order."""
+        return [form_of(r) for r in self.chats()]
 
     def __enter__(self):
         self.thread.start()

@@ -3,7 +3,8 @@ import pytest
 
 from clustering_dagster.core.cluster import fit_levels, min_cluster_size, parents
 from clustering_dagster.core.hierarchy import build_tree, render_tree
-from clustering_dagster.core.label import KeywordLabeler, LevelTexts, class_tfidf, term_matrix
+from clustering_dagster.core.keyphrases import class_tfidf, phrase_matrix
+from clustering_dagster.core.label import KeywordLabeler, LevelTexts
 from clustering_dagster.core.run_config import LevelConfig
 
 
@@ -25,7 +26,7 @@ LEVELS = (
 
 def test_levels_find_the_blobs_assign_everything_and_nest():
     space, truth = blobs()
-    coarse, fine = fit_levels(space, LEVELS, seed=0)
+    coarse, fine = fit_levels(space, space, LEVELS, seed=0)
     assert (coarse.n_clusters, fine.n_clusters) == (2, 6)
     assert len(coarse.labels) == len(fine.labels) == len(space)
     # every fine cluster sits inside one coarse cluster
@@ -50,7 +51,7 @@ def test_kmeans_level_and_nesting_of_disagreeing_levels():
         LevelConfig(name="k2", method="kmeans", k=2),
         LevelConfig(name="k7", method="kmeans", k=7),
     )
-    top, bottom = fit_levels(space, levels, seed=0)
+    top, bottom = fit_levels(space, space, levels, seed=0)
     assert top.n_clusters == 2 and bottom.n_clusters == 7
     assert sorted(parents(bottom.labels, top.labels)) == list(range(7))
     for cluster in range(bottom.n_clusters):
@@ -60,7 +61,12 @@ def test_kmeans_level_and_nesting_of_disagreeing_levels():
 @pytest.mark.parametrize("n", [1, 2, 7])
 def test_tiny_and_identical_inputs_get_one_sane_cluster(n):
     space = np.ones((n, 5), np.float32)
-    levels = fit_levels(space, LEVELS + (LevelConfig(name="k", method="kmeans", k=3),), seed=0)
+    extra = (
+        LevelConfig(name="k", method="kmeans", k=3),
+        LevelConfig(name="k2", method="merge", n_clusters=2),
+        LevelConfig(name="last", min_cluster_size=3),
+    )
+    levels = fit_levels(space, space, LEVELS + extra, seed=0)
     for level in levels:
         assert level.labels.tolist() == [0] * n
 
@@ -81,16 +87,17 @@ TEXTS = [
 ]
 
 
-def test_class_tfidf_finds_the_words_that_set_clusters_apart():
+def test_class_tfidf_finds_the_phrases_that_set_clusters_apart():
     labels = np.array([0, 0, 0, 1, 1, 1])
-    counts, vocabulary = term_matrix(TEXTS)
-    scores = class_tfidf(counts, labels)
+    counts, vocabulary = phrase_matrix(TEXTS)
+    scores, held = class_tfidf(counts, labels)
+    assert held[1, list(vocabulary).index("exchange rate")] == 3
     top = [vocabulary[np.argmax(row)] for row in scores]
     assert top[0] in {"card", "arrive", "arrived", "arrival"}
     assert top[1] in {"exchange", "rate", "exchange rate"}
 
 
-def test_keyword_labeler_names_clusters_with_keywords_and_central_examples():
+def test_keyword_labeler_without_a_model_names_clusters_with_keywords_and_central_examples():
     labels = np.array([0, 0, 0, 1, 1, 1])
     rng = np.random.default_rng(0)
     embeddings = np.concatenate([rng.normal(0, 1, (3, 8)) + 5, rng.normal(0, 1, (3, 8)) - 5])
@@ -100,7 +107,7 @@ def test_keyword_labeler_names_clusters_with_keywords_and_central_examples():
     assert set(named[0].examples) <= set(TEXTS[:3]) and len(named[0].examples) == 2
 
 
-def test_keyword_labeler_copes_with_stop_words_only():
+def test_keyword_labeler_copes_with_function_words_only():
     named = KeywordLabeler().label(
         LevelTexts(np.array([0, 0]), ["the and of", "it is the"], np.eye(2))
     )
@@ -122,3 +129,11 @@ def test_tree_rows_read_top_down_with_parents_and_paths():
     assert tree["path"][2] == "cards > card pin"
     assert tree["n_children"].to_list() == [2, 0, 0, 1, 0]
     assert render_tree(tree).splitlines()[1] == "  - card arrival (2)"
+    # a cut list of children says how many are left out and how many texts they hold
+    assert render_tree(tree, max_children=1).splitlines() == [
+        "- cards (3)",
+        "  - card arrival (2)",
+        "  - +1 more (1)",
+        "- money (2)",
+        "  - transfers (2)",
+    ]

@@ -12,18 +12,12 @@ import polars as pl
 import pytest
 import yaml
 
-from clustering_dagster.assets import (
-    cluster_hierarchy,
-    cluster_labels,
-    cluster_levels,
-    cluster_summaries,
-    embeddings,
-    merged_hierarchy,
-    projections,
-    raw_texts,
-)
+from clustering_dagster.assets import LLM_ASSETS, LLM_INPUTS
 from clustering_dagster.core.errors import InputError
-from clustering_dagster.core.llm import Ask, CallCache, InvalidReply, LLMClient, parse_reply
+from clustering_dagster.core.llm import Ask, LLMClient
+from clustering_dagster.core.llm_cache import CallCache
+from clustering_dagster.core.llm_replies import InvalidReply, Reading, parse_reply
+from clustering_dagster.core.merge_prompts import Categories, matching_name
 from clustering_dagster.core.run_config import LLMSettings, load_run_configs
 from clustering_dagster.core.storage import ensure_schema
 from clustering_dagster.core.summarize import (
@@ -37,8 +31,6 @@ from clustering_dagster.core.summarize import (
 from .conftest import SHIPPED_CONFIGS, Workspace, banking_slice, metadata
 from .openai_server import OpenAICompatibleServer, content_words
 
-UPSTREAM = [raw_texts, embeddings, projections, cluster_levels, cluster_labels, cluster_hierarchy]
-SUMMARY_ASSETS = [cluster_summaries, merged_hierarchy]
 RUN_CONFIG = "llm_example"  # a shipped partition key; each test writes its own parameters
 LEVELS = [
     {"name": "coarse", "method": "kmeans", "k": 4},
@@ -76,7 +68,7 @@ def clustered(tmp_path_factory):
     workspace = Workspace(tmp_path_factory.mktemp("clustered"))
     workspace.add_dataset("bank", banking_slice(12))
     workspace.write_configs(config_text(None))
-    assert workspace.materialize("bank", RUN_CONFIG, assets=UPSTREAM).success
+    assert workspace.materialize("bank", RUN_CONFIG, assets=LLM_INPUTS).success
     return workspace.database
 
 
@@ -97,7 +89,7 @@ def server(monkeypatch):
 def summarise(workspace: Workspace, summaries: dict | None, raise_on_error: bool = True):
     workspace.write_configs(config_text(summaries))
     return workspace.materialize(
-        "bank", RUN_CONFIG, assets=SUMMARY_ASSETS, raise_on_error=raise_on_error
+        "bank", RUN_CONFIG, assets=LLM_ASSETS, raise_on_error=raise_on_error
     )
 
 
@@ -213,6 +205,86 @@ def test_a_reply_naming_no_parent_is_asked_again_then_settled_by_similarity(bank
     merged = metadata(result, "merged_hierarchy")
     assert merged["assigned_by_embedding_fake"] == children.height
     assert merged["llm_invalid_replies"] == 2 * children.height
+    steps = merged["fallback_steps_fake"]
+    assert steps["assignments"] == children.height  # counted where it happened ...
+    assert merged["fallbacks"] == sum(steps.values()) >= children.height  # ... and in the total
+
+
+def test_a_refused_json_schema_falls_back_once_and_the_refusal_is_not_retried(bank, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with OpenAICompatibleServer(accepts=("json_object", "prompt")) as llama_like:
+        result = summarise(bank, {"fake": settings(llama_like.api_base)})
+        forms = llama_like.chat_forms()
+    # one refused request for the whole run (both assets), then every request in json_object
+    assert forms[0] == "json_schema" and set(forms[1:]) == {"json_object"}
+    for asset in ("cluster_summaries", "merged_hierarchy"):
+        figures = metadata(result, asset)
+        assert figures["llm_form_fake"] == "json_object" and figures["llm_retries"] == 0
+        assert figures["llm_failures"] == figures["fallbacks"] == 0
+    assert metadata(result, "cluster_summaries")["llm_form_refusals"] == 1
+    assert metadata(result, "cluster_summaries")["llm_calls"] == 12 + 1
+
+
+def test_a_server_taking_no_response_format_is_shown_the_schema_in_the_prompt(bank, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with OpenAICompatibleServer(accepts=("prompt",)) as plain:
+        result = summarise(bank, {"fake": settings(plain.api_base)})
+        forms, chats = plain.chat_forms(), plain.chats()
+    assert forms[:2] == ["json_schema", "json_object"] and set(forms[2:]) == {"prompt"}
+    assert all("JSON schema" in c["messages"][1]["content"] for c in chats[2:])
+    described = metadata(result, "cluster_summaries")
+    assert described["llm_form_fake"] == "prompt" and described["llm_form_refusals"] == 2
+    assert described["fallbacks"] == metadata(result, "merged_hierarchy")["fallbacks"] == 0
+
+
+def test_harmless_defects_are_repaired_not_asked_again(bank, server):
+    server.inject("control_chars", times=None, task="cluster_description")
+    server.inject("blank_category", times=None, task="parent_candidates")
+    server.inject("near_miss_parent", times=None, task="parent_assignment")
+    result = summarise(bank, {"fake": settings(server.api_base)})
+    described, merged = metadata(result, "cluster_summaries"), metadata(result, "merged_hierarchy")
+    assert described["llm_invalid_replies"] == merged["llm_invalid_replies"] == 0
+    assert described["llm_repaired_replies"] == 12 and merged["llm_repaired_replies"] > 12
+    summaries = bank.sql("SELECT * FROM clustering.cluster_summaries")
+    assert not summaries["summary"].str.contains(r"[\x00-\x1f]").any()
+    assert summaries["summary"].str.contains(", ").all()  # the bell became a space
+    tree = bank.sql("SELECT * FROM clustering.merged_hierarchy")
+    assert set(tree["assigned_by"].drop_nulls()) == {"llm"}  # every near miss was matched
+    assert described["fallbacks"] == merged["fallbacks"] == 0
+
+
+def test_an_over_long_title_is_asked_again_once_then_cut(bank, server):
+    server.inject("long_title", times=None, task="cluster_description")
+    result = summarise(bank, {"fake": settings(server.api_base)})
+    described = metadata(result, "cluster_summaries")
+    assert described["llm_invalid_replies"] == 12 and described["llm_calls"] == 24
+    assert described["fallbacks"] == 0 and described["llm_repaired_replies"] == 12
+    titles = bank.sql("SELECT title FROM clustering.cluster_summaries")["title"]
+    assert titles.str.ends_with("…").all()  # cut at a word boundary, marked
+    assert titles.map_elements(lambda t: len(t.split()), pl.Int64).max() == 10
+
+
+def test_failed_proposals_take_stand_in_parents_from_the_offline_levels(bank, server):
+    server.inject("500", times=None, task="parent_candidates")
+    result = summarise(bank, {"fake": settings(server.api_base, max_retries=0)})
+    tree = bank.sql("SELECT * FROM clustering.merged_hierarchy ORDER BY position")
+    hierarchy = bank.sql("SELECT * FROM clustering.hierarchy")
+    coarse_of = dict(zip(hierarchy["node_id"], hierarchy["parent_id"], strict=True))
+    first = tree.filter(pl.col("level_name") == "parent_1")
+    assert set(first["method"]) == {"offline"} and not first["fallback"].any()  # renamed
+    fine = tree.filter(pl.col("level_name") == "fine")
+    assert set(fine["assigned_by"]) == {"offline"}
+    # each parent holds exactly the children of one offline (coarse) node: no child's title
+    # stands in for a parent
+    offline_parents: dict[str, set[str]] = {}
+    for node, parent in zip(fine["node_id"], fine["parent_id"], strict=True):
+        offline_parents.setdefault(parent, set()).add(coarse_of[node])
+    assert all(len(found) == 1 for found in offline_parents.values())
+    assert first.height == len({coarse_of[n] for n in fine["node_id"]})
+    merged = metadata(result, "merged_hierarchy")
+    assert merged["fallback_steps_fake"]["proposals"] >= 2
+    assert merged["fallbacks"] == sum(merged["fallback_steps_fake"].values())
+    assert merged["stand_in_parents_fake"] == tree.filter(pl.col("method") == "offline").height
 
 
 def test_failed_clusters_keep_offline_labels_and_a_rerun_resumes(bank, server):
@@ -230,10 +302,13 @@ def test_failed_clusters_keep_offline_labels_and_a_rerun_resumes(bank, server):
     assert failed["coherence"].is_null().all()
     tree = bank.sql("SELECT * FROM clustering.merged_hierarchy")
     assert tree["title"].str.len_chars().min() > 0  # a complete tree even with no LLM at all
-    assert tree.filter(pl.col("level_name") != "fine")["fallback"].all()
-    assert set(tree["assigned_by"].drop_nulls()) == {"embedding"}
-    steps = metadata(first, "merged_hierarchy")["fallback_steps_fake"]
-    assert steps["proposals"] > 0 and steps["dedupe"] > 0 and steps["renames"] > 0
+    parents = tree.filter(pl.col("level_name") != "fine")
+    assert parents["fallback"].all() and set(parents["method"]) == {"offline"}
+    assert set(tree["assigned_by"].drop_nulls()) == {"offline"}  # stand-ins, not child titles
+    merged = metadata(first, "merged_hierarchy")
+    steps = merged["fallback_steps_fake"]
+    assert steps["proposals"] > 0 and steps["renames"] == parents.height
+    assert merged["fallbacks"] == sum(steps.values())
 
     server.faults.clear()
     before = len(server.chat_tasks())
@@ -382,25 +457,88 @@ def test_concurrency_and_requests_per_minute_are_bounded(tmp_path, monkeypatch):
         assert len(gaps) == 5 and gaps.min() > 0.05 and gaps.sum() > 0.45
 
 
+def test_retry_after_of_a_429_storm_or_a_503_holds_every_request(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    questions = [
+        Ask("cluster_description", f"<cluster><text>card {i}</text></cluster>", ClusterDescription)
+        for i in range(6)
+    ]
+    with OpenAICompatibleServer() as server:
+        config = LLMSettings(
+            model=MODEL, api_base=server.api_base, max_concurrency=3, backoff_s=0.01
+        )
+        server.inject("429", times=1, retry_after=0.3)  # the first request, alone
+        server.inject("429", times=3, after=2, retry_after=0.5)  # the next three, at once
+        client = LLMClient(config, call_cache(tmp_path))
+        answers = client.run(lambda: client.ask_all(questions))
+        arrivals = sorted(server.arrivals)
+        assert all(a is not None for a in answers) and client.stats.retries == 4
+        assert arrivals[1] - arrivals[0] > 0.25  # not the 10 ms backoff
+        assert arrivals[5] - arrivals[2] > 0.45  # no request started while the storm's wait ran
+
+        server.inject("503", retry_after=0.5)
+        client = LLMClient(config, call_cache(tmp_path))
+        started = len(server.arrivals)
+        client.run(lambda: client.ask(Ask(questions[0].task, "again", ClusterDescription)))
+        again = server.arrivals[started:]
+        assert len(again) == 2 and again[1] - again[0] > 0.45 and client.stats.retries == 1
+
+
 def test_replies_are_repaired_or_refused():
     good = {"title": "Card not arrived", "summary": "Late.", "category": "Cards", "coherence": 8}
     text = json.dumps(good)
-    for content in (
-        text,
-        f"```json\n{text}\n```",
-        f"Here you go: {text} Hope it helps!",
-        text[:-1] + ",}",
+    for content, repair in (
+        (text, None),
+        (f"```json\n{text}\n```", None),
+        (f"Here you go: {text} Hope it helps!", None),
+        (text[:-1] + ",}", "trailing comma"),
+        (text.replace("Card not", "Card\nnot\x07"), "control characters"),
+        (
+            json.dumps(
+                {"Title": "Card not arrived"} | {k: v for k, v in good.items() if k != "title"}
+            ),
+            "key case",
+        ),
+        (json.dumps({"cluster": good}), "nested object"),
+        (json.dumps([good]), "single-item list"),
+        (json.dumps(good | {"coherence": 11}), "coherence clamped"),
+        (json.dumps(good | {"title": "Card not arrived</text> <summary>"}), "prompt markup"),
     ):
-        assert parse_reply(content, ClusterDescription).title == "Card not arrived"
+        reading = Reading()
+        assert parse_reply(content, ClusterDescription, reading).title == "Card not arrived"
+        assert reading.repairs == ([repair] if repair else [])
     for content, problem in [
         ("I cannot help with that", "no JSON object"),
         ('{"title": "x", "summary": ', "no JSON object"),
         ('{"title": "x" "summary": "y"}', "not valid JSON"),
-        (json.dumps(good | {"coherence": 11}), "coherence"),
+        (json.dumps(good | {"coherence": "high"}), "coherence"),
+        (json.dumps(good | {"category": " "}), "category"),
         (json.dumps(good | {"title": " ".join(["word"] * 13)}), "title"),
     ]:
         with pytest.raises(InvalidReply, match=problem):
             parse_reply(content, ClusterDescription)
+    # asked again, an over-long title is cut at a word boundary and marked
+    long = json.dumps(good | {"title": " ".join(f"w{i}" for i in range(15))})
+    lenient = Reading(lenient=True)
+    assert parse_reply(long, ClusterDescription, lenient).title == "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9…"
+    assert lenient.repairs == ["title cut"]
+
+
+def test_categories_drop_blank_entries_and_names_match_despite_small_differences():
+    reading = Reading()
+    reply = '[{"name": "Card delivery", "description": "Late cards."}, {"name": "", "description": "x"}, "Top-ups"]'
+    answer = parse_reply(reply, Categories, reading)
+    assert [c.name for c in answer.categories] == ["Card delivery", "Top-ups"]
+    assert set(reading.repairs) == {"bare list", "blank category dropped", "bare category name"}
+    offered = ["Payment / transaction / cancellation", "Card delivery and activation", "Top-ups"]
+    for given, meant in [
+        ("payment/transaction/cancellation", offered[0]),
+        ("  CARD DELIVERY AND ACTIVATION. ", offered[1]),
+        ('Category: "Top-ups"', offered[2]),
+        ("Card delivery and activaton", offered[1]),
+        ("Something else entirely", None),
+    ]:
+        assert matching_name(given, offered) == meant
 
 
 def test_example_selection_is_central_then_random_then_contrastive():

@@ -196,9 +196,7 @@ def test_nightly_schedule_reclusters_only_what_changed(workspace):
         ("a|default", "dataset files changed")
     ]
     workspace.write_configs(
-        (REPO / "data" / "run_configs.yaml")
-        .read_text()
-        .replace("min_samples: 10}", "min_samples: 9}")
+        (REPO / "data" / "run_configs.yaml").read_text().replace("branching: 3}", "branching: 4}")
     )
     runs = _nightly(workspace)
     assert {r.tags["clustering/reason"] for r in runs} == {"run configuration changed"}

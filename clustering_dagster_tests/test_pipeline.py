@@ -57,8 +57,8 @@ def test_full_pipeline_produces_a_checked_named_hierarchy(workspace):
     assert recorded.height == len(ALL_ASSETS) and recorded["params_hash"].n_unique() == 1
 
     md = metadata(result, "cluster_levels")
-    assert md["map"].startswith("![map](data:image/png;base64,")
-    assert "| fine |" in md["levels"]
+    assert "| fine | hdbscan |" in md["levels"] and "| coarse | merge |" in md["levels"]
+    assert metadata(result, "cluster_hierarchy")["map"].startswith("![map](data:image/png;base64,")
     assert metadata(result, "embeddings")["newly_embedded"] == queries.height
 
 

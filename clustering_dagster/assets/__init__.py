@@ -23,3 +23,7 @@ ALL_ASSETS = [
     cluster_map,
     incremental_assignments,
 ]
+
+# The LLM stages, and what they read: the texts clustered, keyword-labelled and in a tree.
+LLM_ASSETS = [cluster_summaries, merged_hierarchy]
+LLM_INPUTS = [raw_texts, embeddings, projections, cluster_levels, cluster_labels, cluster_hierarchy]

@@ -1,8 +1,11 @@
+import base64
+
 import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 from dagster_duckdb import DuckDBResource
 
 from ..core.hierarchy import build_tree, render_tree
+from ..core.plot import map_png
 from ..core.storage import read_partition
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, stage, write_result
@@ -12,7 +15,8 @@ from .common import clustering_asset, stage, write_result
 def cluster_hierarchy(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:
-    """The tree of named clusters, coarse to fine: one row per cluster with its parent."""
+    """The tree of named clusters, coarse to fine: one row per cluster with its parent; its
+    metadata holds the outline and the 2-D map coloured and named by the top level."""
     part, config = stage(context, clustering)
     with connection(duckdb) as conn:
         assignments = read_partition(
@@ -21,6 +25,7 @@ def cluster_hierarchy(
         named = read_partition(
             conn, "cluster_labels", part, "level, cluster_id, label, keywords", "level, cluster_id"
         )
+        coords = read_partition(conn, "projections", part, "map_x, map_y", "row_idx")
     levels = assignments.partition_by("level", maintain_order=True)
     by_level = named.partition_by("level", maintain_order=True)
     tree = build_tree(
@@ -32,11 +37,21 @@ def cluster_hierarchy(
     with connection(duckdb) as conn:
         write_result(conn, context, part, config, {"hierarchy": tree})
     outline = render_tree(tree)
+    top = levels[0]
+    png = map_png(
+        coords.to_numpy(),
+        top["cluster_id"].to_numpy(),
+        dict(zip(by_level[0]["cluster_id"], by_level[0]["label"], strict=True)),
+        f"{part.dataset} | {part.run_config}: {top['level_name'][0]} level",
+    )
     return MaterializeResult(
         metadata={
             "nodes": tree.height,
             "roots": int(tree["parent_id"].is_null().sum()),
             "outline": MetadataValue.md(f"```\n{outline}\n```"),
+            "map": MetadataValue.md(
+                f"![map](data:image/png;base64,{base64.b64encode(png).decode()})"
+            ),
             "params_hash": config.params_hash(),
         }
     )

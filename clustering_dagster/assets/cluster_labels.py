@@ -4,6 +4,7 @@ from dagster import AssetExecutionContext, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
 from ..core.label import LevelTexts, make_labeler
+from ..core.merge import stored_encoder
 from ..core.storage import partition_vectors, read_partition
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, markdown_table, stage, write_result
@@ -15,14 +16,16 @@ LARGEST_SHOWN = 10
 def cluster_labels(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:
-    """A name, keywords and central examples for every cluster at every level."""
+    """A name, key phrases and central examples for every cluster at every level: phrases chosen
+    against the other clusters of the level and by their similarity (with the run's embedding
+    model; their vectors are kept in the embedding store) to the cluster's centroid."""
     part, config = stage(context, clustering)
     with connection(duckdb) as conn:
         rows, vectors = partition_vectors(conn, part)
         assignments = read_partition(
             conn, "assignments", part, "level, level_name, cluster_id", "level, row_idx"
         )
-    labeler = make_labeler(config.labeler)
+    labeler = make_labeler(config.labeler, stored_encoder(duckdb.get_connection, config.embedding))
     texts = rows["text"].to_list()
     frames = []
     for (depth, name), level in assignments.group_by("level", "level_name", maintain_order=True):

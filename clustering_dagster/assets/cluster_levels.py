@@ -1,4 +1,3 @@
-import base64
 from datetime import UTC, datetime
 
 import numpy as np
@@ -9,14 +8,12 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     MaterializeResult,
-    MetadataValue,
 )
 from dagster_duckdb import DuckDBResource
 
 from ..core.cluster import Level, embedding_centroids, fit_levels
 from ..core.evaluate import agreement
 from ..core.lineage import first_clustering, match_clusters, previous_levels
-from ..core.plot import map_png
 from ..core.storage import (
     Partition,
     matrix_column,
@@ -51,13 +48,16 @@ CHECKS = [
 def _level_summary(levels: list[Level], truth: np.ndarray | None) -> pl.DataFrame:
     rows = []
     for level in levels:
+        sizes = np.bincount(level.labels)
         row = {
             "level": level.name,
+            "method": level.method,
             "clusters": level.n_clusters,
             "hdbscan_noise_share": round(level.noise_share, 3),
             "moved_to_nest": int(level.moved_to_nest.sum()),
-            "largest": int(np.bincount(level.labels).max()),
-            "smallest": int(np.bincount(level.labels).min()),
+            "largest": int(sizes.max()),
+            "largest_share": round(float(sizes.max() / sizes.sum()), 3),
+            "smallest": int(sizes.min()),
         }
         if truth is not None:
             row |= {
@@ -165,21 +165,23 @@ def _stable_levels(levels: list[Level], rows: pl.DataFrame, vectors: np.ndarray,
 def cluster_levels(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:
-    """HDBSCAN (or KMeans) per configured level on the cluster space; every text gets a cluster at
-    every level (noise reassigned to the nearest centroid and flagged) and levels nest. Clusters
-    that match the previous clustering keep their ids; the lineage records what changed."""
+    """The finest level by HDBSCAN (or KMeans) on the cluster space, every text assigned (noise
+    to the nearest centroid, flagged); each level above by merging the clusters of the level below
+    (or fitted and nested). Clusters that match the previous clustering keep their ids; the
+    lineage records what changed."""
     part, config = stage(context, clustering)
     with connection(duckdb) as conn:
-        coords = read_partition(
-            conn, "projections", part, "row_idx, cluster_space, map_x, map_y", "row_idx"
-        )
+        coords = read_partition(conn, "projections", part, "row_idx, cluster_space", "row_idx")
         rows, vectors = partition_vectors(conn, part)
         truth_column = read_partition(conn, "texts", part, "ground_truth", "row_idx")[
             "ground_truth"
         ]
         previous = previous_levels(*previous_clustering(conn, part))
     levels = fit_levels(
-        matrix_column(coords, "cluster_space"), config.levels, config.projection.random_state
+        matrix_column(coords, "cluster_space"),
+        vectors,
+        config.levels,
+        config.projection.random_state,
     )
     has_truth = truth_column.is_not_null().any()
     truth = truth_column.to_numpy() if has_truth else None
@@ -201,18 +203,12 @@ def cluster_levels(
             history={"cluster_lineage": lineage},
         )
         checks = _checks(conn, part, summary, has_truth, config.quality)
-    png = map_png(
-        coords.select("map_x", "map_y").to_numpy(),
-        levels[0].labels,
-        f"{part.dataset} | {part.run_config}: {levels[0].name} level",
-    )
     metadata = {
         "texts": coords.height,
         "levels": markdown_table(summary),
         "lineage": markdown_table(
             events.pivot("event", index="level_name", values="len").fill_null(0)
         ),
-        "map": MetadataValue.md(f"![map](data:image/png;base64,{base64.b64encode(png).decode()})"),
         "params_hash": config.params_hash(),
     }
     for level in levels:

@@ -38,11 +38,12 @@ def cluster_summaries(
             )
         )
     table = pl.concat(frames)
-    fallbacks = {
-        alias: int(rows["fallback"].sum())
-        for (alias,), rows in table.group_by("alias", maintain_order=True)
+    steps = {
+        run.alias: {"descriptions": int(frame["fallback"].sum())}
+        for run, frame in zip(runs, frames, strict=True)
+        if run.client is not None
     }
-    metadata = cost_metadata(runs, fallbacks)
+    metadata = cost_metadata(runs, steps)
     stats = {k: v for k, v in metadata.items() if k != "summary_runs"}
     with connection(duckdb) as conn:
         write_result(

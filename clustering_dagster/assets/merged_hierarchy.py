@@ -6,7 +6,10 @@ from dagster_duckdb import DuckDBResource
 
 from ..core.hierarchy import render_tree
 from ..core.label import KeywordLabeler
-from ..core.merge import Merger, Node, offline_tree, stored_encoder
+from ..core.merge import FALLBACK_STEPS, KeywordNames, Merger, stored_encoder
+from ..core.merge_prompts import Node
+from ..core.merge_tree import merged_tree, offline_tree
+from ..core.offline_levels import OfflineLevels
 from ..core.storage import read_partition
 from ..core.summarize import read_base_clusters
 from ..resources import ClusteringSettings, connection
@@ -31,9 +34,9 @@ def merged_hierarchy(
         examples = read_partition(
             conn, "cluster_labels", part, "level, cluster_id, examples", "level"
         )
-    labeler = KeywordLabeler(config.labeler.n_keywords, config.labeler.n_examples)
+    names = KeywordNames(base, KeywordLabeler(config.labeler.n_keywords, config.labeler.n_examples))
     embed = stored_encoder(duckdb.get_connection, config.embedding)
-    trees, step_fallbacks = [], {}
+    trees, steps = [], {}
     for run in runs:
         mine = summaries.filter(pl.col("alias") == run.alias)
         if mine["cluster_id"].to_list() != base.cluster_ids:
@@ -45,21 +48,17 @@ def merged_hierarchy(
             tree = offline_tree(hdbscan_tree, examples)
         else:
             settings = config.labeler.summaries[run.alias]
-            merger = Merger(run.client, settings, base, embed, labeler)
+            offline = OfflineLevels(hdbscan_tree, base.cluster_ids, base.offline["size"].to_numpy())
+            merger = Merger(run.client, settings, base, embed, names, offline)
             nodes = [Node(*row) for row in mine.select("title", "summary", "fallback").rows()]
             levels = run.client.run(partial(merger.levels, nodes))
-            tree = merger.tree(mine, levels)
-            step_fallbacks[run.alias] = {
-                step: sum(level.fallbacks[step] for level in levels)
-                for step in ("proposals", "dedupe", "renames")
+            tree = merged_tree(base, mine, levels, names.labels)
+            steps[run.alias] = {
+                step: sum(level.fallbacks[step] for level in levels) for step in FALLBACK_STEPS
             }
         trees.append(tree.with_columns(alias=pl.lit(run.alias)))
     table = pl.concat(trees)
-    fallbacks = {
-        run.alias: int(tree.filter(pl.col("level_name") != base.level_name)["fallback"].sum())
-        for run, tree in zip(runs, trees, strict=True)
-    }
-    metadata = cost_metadata(runs, fallbacks)
+    metadata = cost_metadata(runs, steps)
     stats = {k: v for k, v in metadata.items() if k != "summary_runs"}
     with connection(duckdb) as conn:
         write_result(
@@ -71,8 +70,7 @@ def merged_hierarchy(
             f"levels_{run.alias}": int(tree["level"].max()) + 1,
             f"roots_{run.alias}": int(tree["parent_id"].is_null().sum()),
             f"assigned_by_embedding_{run.alias}": int((tree["assigned_by"] == "embedding").sum()),
+            f"stand_in_parents_{run.alias}": int((tree["method"] == "offline").sum()),
             f"outline_{run.alias}": MetadataValue.md(f"```\n{outline}\n```"),
         }
-        if run.alias in step_fallbacks:
-            metadata[f"fallback_steps_{run.alias}"] = step_fallbacks[run.alias]
     return MaterializeResult(metadata=metadata | {"params_hash": config.params_hash()})

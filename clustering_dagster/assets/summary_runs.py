@@ -6,9 +6,16 @@ import polars as pl
 from dagster import AssetExecutionContext
 from dagster_duckdb import DuckDBResource
 
-from ..core.llm import CallCache, CallStats, LLMClient
+from ..core.llm import LLMClient
+from ..core.llm_cache import CallCache
+from ..core.llm_formats import OutputForm
+from ..core.llm_requests import CallStats
 from ..core.run_config import RunConfig, stable_hash
 from .common import markdown_table
+
+# What each Dagster run learned of its servers' output forms, by (run id, model, api_base): the
+# second summary asset of a run in the same process starts from what the first found.
+_forms: dict[tuple[str, str, str | None], OutputForm] = {}
 
 
 @dataclass(frozen=True)
@@ -24,7 +31,9 @@ class SummaryRun:
 def summary_runs(
     duckdb: DuckDBResource, context: AssetExecutionContext, config: RunConfig
 ) -> list[SummaryRun]:
-    """One run per alias of the configuration, each LLM run with its own client and call cache."""
+    """One run per alias of the configuration, each LLM run with its own client and call cache;
+    clients of the same model and server share, for the whole Dagster run, what they learn of its
+    output forms."""
     runs = []
     for alias in config.labeler.aliases():
         settings = config.labeler.summaries.get(alias)
@@ -33,7 +42,9 @@ def summary_runs(
             runs.append(SummaryRun(alias, "keywords", stable_hash(keywords), None))
         else:
             cache = CallCache(duckdb.get_connection)  # the asset ensures the schema first
-            client = LLMClient(settings, cache, log=context.log.warning)
+            key = (context.run.run_id, settings.model, settings.api_base)
+            form = _forms.setdefault(key, OutputForm())
+            client = LLMClient(settings, cache, log=context.log.warning, form=form)
             runs.append(
                 SummaryRun(
                     alias,
@@ -45,9 +56,10 @@ def summary_runs(
     return runs
 
 
-def cost_metadata(runs: list[SummaryRun], fallbacks: dict[str, int]) -> dict:
-    """Totals of every LLM run (calls, cache hits, failures, tokens, cost, wall time) and a table
-    per alias; `fallbacks` counts the nodes per alias that kept an offline label."""
+def cost_metadata(runs: list[SummaryRun], steps: dict[str, dict[str, int]]) -> dict:
+    """Totals of every LLM run (calls, cache hits, failures, tokens, cost, wall time), a table per
+    alias, the output form each LLM run used and its fallbacks per step (`steps`: alias -> step
+    -> count); the headline `fallbacks` is the sum of every step of every alias."""
     stats = {run.alias: run.client.stats if run.client else CallStats() for run in runs}
     total = CallStats()
     for one in stats.values():
@@ -55,23 +67,34 @@ def cost_metadata(runs: list[SummaryRun], fallbacks: dict[str, int]) -> dict:
             setattr(total, name, getattr(total, name) + value)
     table = pl.DataFrame(
         [
-            {"alias": run.alias, "labeler": run.labeler}
+            {
+                "alias": run.alias,
+                "labeler": run.labeler,
+                "form": run.client and run.client.form.used,
+            }
             | stats[run.alias].as_dict()
-            | {"fallbacks": fallbacks.get(run.alias, 0)}
+            | {"fallbacks": sum(steps.get(run.alias, {}).values())}
             for run in runs
         ]
     )
     totals = total.as_dict()
-    return {
+    per_alias = {}
+    for run in runs:
+        if run.client is not None:
+            per_alias[f"llm_form_{run.alias}"] = run.client.form.used
+            per_alias[f"fallback_steps_{run.alias}"] = steps.get(run.alias, {})
+    return per_alias | {
         "llm_calls": totals["calls"],
         "llm_cache_hits": totals["cache_hits"],
         "llm_retries": totals["retries"],
+        "llm_form_refusals": totals["form_refusals"],
         "llm_invalid_replies": totals["invalid_replies"],
+        "llm_repaired_replies": totals["repaired_replies"],
         "llm_failures": totals["failures"],
         "llm_prompt_tokens": totals["prompt_tokens"],
         "llm_completion_tokens": totals["completion_tokens"],
         "llm_cost_usd": totals["cost_usd"] if totals["priced_calls"] else None,
         "llm_wall_s": totals["wall_s"],
-        "fallbacks": sum(fallbacks.values()),
+        "fallbacks": sum(sum(counts.values()) for counts in steps.values()),
         "summary_runs": markdown_table(table),
     }

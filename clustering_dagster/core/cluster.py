@@ -1,10 +1,12 @@
-"""Cluster levels: HDBSCAN (or KMeans) per level, noise reassigned, levels nested coarse-to-fine."""
+"""Cluster levels: HDBSCAN (or KMeans) on the cluster space, noise reassigned, and levels above
+built by merging the clusters below them (or fitted too, then nested), coarse to fine."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .agglomerate import merge_clusters
 from .run_config import LevelConfig
 
 
@@ -15,6 +17,7 @@ class Level:
     membership: np.ndarray  # (n,) float32 in [0, 1]: HDBSCAN probability, else centroid margin
     noise: np.ndarray  # (n,) bool: HDBSCAN left it out; it went to the nearest centroid
     moved_to_nest: np.ndarray  # (n,) bool: moved to the cluster that holds its finer cluster
+    method: str = "hdbscan"  # a merged level keeps the membership and noise of the level below
 
     @property
     def n_clusters(self) -> int:
@@ -117,26 +120,64 @@ def parents(child: np.ndarray, parent: np.ndarray) -> dict[int, int]:
     return chosen
 
 
-def fit_levels(space: np.ndarray, levels: Sequence[LevelConfig], seed: int | None) -> list[Level]:
-    """Fit every level on the cluster space, then make each coarser level a union of finer clusters.
+def merge_target(level: LevelConfig, n_below: int) -> int:
+    """How many nodes a merge level aims at, given the clusters of the level below."""
+    if level.n_clusters is not None:
+        return level.n_clusters
+    return max(1, round(n_below / level.branching))
 
-    Levels are given coarse first. A finer cluster joins the coarser cluster that holds most of its
-    members; texts whose coarse cluster changes that way are flagged `moved_to_nest`.
+
+def _merged(level: LevelConfig, finer: Level, vectors: np.ndarray) -> Level:
+    """A level whose nodes are unions of the finer level's clusters: no text moves; a text keeps
+    its noise flag and membership from the finer level."""
+    group = merge_clusters(
+        vectors, finer.labels, merge_target(level, finer.n_clusters), level.linkage, level.min_gap
+    )
+    return Level(
+        level.name,
+        group[finer.labels].astype(np.int32),
+        finer.membership,
+        finer.noise,
+        np.zeros(len(finer.labels), bool),
+        "merge",
+    )
+
+
+def _nested(level: LevelConfig, fitted: tuple, finer: Level | None) -> Level:
+    """A fitted level; below a finer one, each finer cluster joins the cluster holding most of
+    its texts, and texts moved that way are flagged `moved_to_nest`."""
+    labels, membership, noise = fitted
+    moved = np.zeros(len(labels), bool)
+    if finer is not None:
+        lookup = parents(finer.labels, labels)
+        nested = np.array([lookup[c] for c in range(finer.n_clusters)], np.int32)[finer.labels]
+        moved = nested != labels
+        labels = nested
+        membership = np.where(moved, 0.0, membership).astype(np.float32)
+    return Level(level.name, labels, membership, noise, moved, level.method)
+
+
+def fit_levels(
+    space: np.ndarray, vectors: np.ndarray, levels: Sequence[LevelConfig], seed: int | None
+) -> list[Level]:
+    """All levels, coarse first, each a union of the clusters of the level below.
+
+    Levels are built from the finest up: `hdbscan` and `kmeans` levels are fitted on the cluster
+    space and then nested; `merge` levels join the clusters of the level below by their
+    embeddings (`vectors`). Cluster ids are ordered by size (0 = largest).
     """
-    fits = [_fit_level(space, level, seed) for level in levels]
+    if levels[-1].method == "merge":
+        raise ValueError(f"the finest level, {levels[-1].name!r}, cannot be method merge")
     result: list[Level] = []
-    finer = None
-    for level, (labels, membership, noise) in reversed(list(zip(levels, fits, strict=True))):
-        moved = np.zeros(len(labels), bool)
-        if finer is not None:
-            lookup = parents(finer, labels)
-            nested = np.array([lookup[c] for c in range(finer.max() + 1)], np.int32)[finer]
-            moved = nested != labels
-            labels = nested
-            membership = np.where(moved, 0.0, membership).astype(np.float32)
-        labels = _relabel_by_size(np.unique(labels, return_inverse=True)[1].astype(np.int32))
-        result.append(Level(level.name, labels, membership, noise, moved))
-        finer = labels
+    finer: Level | None = None
+    for level in reversed(levels):
+        if level.method == "merge":
+            built = _merged(level, finer, vectors)
+        else:
+            built = _nested(level, _fit_level(space, level, seed), finer)
+        labels = np.unique(built.labels, return_inverse=True)[1].astype(np.int32)
+        finer = replace(built, labels=_relabel_by_size(labels))
+        result.append(finer)
     return result[::-1]
 
 

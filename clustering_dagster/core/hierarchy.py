@@ -82,15 +82,23 @@ def build_tree(
 
 
 def render_tree(tree: pl.DataFrame, max_children: int = 5) -> str:
-    """An indented text outline of the tree, the largest children of each node first."""
-    lines = []
-    shown: dict[str | None, int] = {}
-    hidden: set[str] = set()
+    """An indented text outline of the tree: every top node, and under each node its largest
+    `max_children` children; where children are cut, a line says how many more there are and
+    how many texts they hold, so the sizes under a node always add up."""
+    children: dict[str | None, list[dict]] = {}
     for row in tree.iter_rows(named=True):
-        parent = row["parent_id"]
-        shown[parent] = shown.get(parent, 0) + 1
-        if parent in hidden or shown[parent] > max_children:
-            hidden.add(row["node_id"])
-            continue
-        lines.append(f"{'  ' * row['level']}- {row['label']} ({row['size']})")
+        children.setdefault(row["parent_id"], []).append(row)
+    lines: list[str] = []
+
+    def visit(parent: str | None, limit: int | None) -> None:
+        rows = children.get(parent, [])
+        for row in rows[:limit]:
+            lines.append(f"{'  ' * row['level']}- {row['label']} ({row['size']})")
+            visit(row["node_id"], max_children)
+        rest = rows[len(rows[:limit]) :]
+        if rest:
+            indent = "  " * rest[0]["level"]
+            lines.append(f"{indent}- +{len(rest)} more ({sum(r['size'] for r in rest)})")
+
+    visit(None, None)
     return "\n".join(lines)

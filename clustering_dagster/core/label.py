@@ -1,10 +1,15 @@
-"""Offline cluster labels: class-based TF-IDF keywords and the most central example texts.
+"""Offline cluster labels: key phrases chosen against the other clusters of the level, and the
+most central example texts.
 
-A labeler turns one level's clusters into labels. The keyword labeler needs no model; its labels
-are also what the LLM summaries (`summarize`, `merge`) fall back to.
+Candidates are runs of adjacent content words (`keyphrases`). Per cluster, the phrases with the
+highest class-based TF-IDF against the other clusters of its level are scored again by their
+similarity to the cluster's centroid with the run's embedding model (BERTopic's
+KeyBERTInspired), and chosen by maximal marginal relevance, never two that share a word. A
+labeler turns one level's clusters into labels; the LLM summaries (`summarize`, `merge`) fall back
+to these labels.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -12,6 +17,7 @@ import numpy as np
 from scipy import sparse
 
 from .embed import normalise_rows
+from .keyphrases import class_tfidf, drop_contained, phrase_matrix, select_mmr
 from .run_config import LabelerConfig
 
 
@@ -38,48 +44,6 @@ class Labeler(Protocol):
     def label(self, level: LevelTexts) -> list[ClusterLabel]: ...
 
 
-def term_matrix(texts: Sequence[str]) -> tuple[sparse.csr_matrix, np.ndarray]:
-    """Document-term counts (unigrams and bigrams, English stop words removed) and the vocabulary."""
-    from sklearn.feature_extraction.text import CountVectorizer
-
-    vectorizer = CountVectorizer(
-        stop_words="english", ngram_range=(1, 2), token_pattern=r"(?u)\b\w[\w'-]*\w\b"
-    )
-    try:
-        counts = vectorizer.fit_transform(texts)
-    except ValueError:  # nothing but stop words or punctuation
-        return sparse.csr_matrix((len(texts), 0)), np.array([], dtype=object)
-    return counts.tocsr(), vectorizer.get_feature_names_out()
-
-
-def class_tfidf(counts: sparse.csr_matrix, labels: np.ndarray) -> np.ndarray:
-    """BERTopic's c-TF-IDF: a term's weight in a cluster against all clusters of the same level."""
-    k = int(labels.max()) + 1
-    membership = sparse.csr_matrix(
-        (np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels))
-    )
-    per_cluster = (membership @ counts).toarray().astype(np.float64)
-    tf = per_cluster / np.maximum(per_cluster.sum(1, keepdims=True), 1)
-    avg_words = per_cluster.sum() / k
-    idf = np.log1p(avg_words / np.maximum(per_cluster.sum(0), 1))
-    return tf * idf
-
-
-def top_keywords(scores: np.ndarray, vocabulary: np.ndarray, n: int) -> tuple[str, ...]:
-    """The n best-scoring terms, skipping a term whose words all appear in better ones."""
-    chosen: list[str] = []
-    seen: set[str] = set()
-    for index in np.argsort(-scores):
-        if scores[index] <= 0 or len(chosen) == n:
-            break
-        words = set(vocabulary[index].split())
-        if words <= seen:
-            continue
-        chosen.append(str(vocabulary[index]))
-        seen |= words
-    return tuple(chosen)
-
-
 def central_examples(
     labels: np.ndarray, texts: Sequence[str], embeddings: np.ndarray, n: int
 ) -> list[tuple[str, ...]]:
@@ -100,36 +64,98 @@ def central_examples(
     return examples
 
 
+# Unit vectors of short texts, from the run's embedding model.
+Embed = Callable[[Sequence[str]], np.ndarray]
+
+# Phrases per cluster, best by class-based TF-IDF, that are scored against its centroid.
+CANDIDATES = 20
+# Weight of the centroid similarity against the (rescaled) class-based TF-IDF in a phrase's score.
+SIMILARITY_WEIGHT = 0.5
+# Maximal marginal relevance: 0 ranks by relevance alone, 1 by novelty alone.
+DIVERSITY = 0.3
+# Phrases in a label.
+LABEL_PHRASES = 3
+
+
 class KeywordLabeler:
-    """Names a cluster by its three most distinctive keywords."""
+    """Names a cluster by its best key phrases (`LABEL_PHRASES` of them, joined by " / ").
+
+    Without `embed` the phrases are ranked by class-based TF-IDF alone (still never two sharing a
+    word); with it, also by their similarity to the cluster's centroid, and chosen for diversity.
+    """
 
     name = "keywords"
 
-    def __init__(self, n_keywords: int = 8, n_examples: int = 5):
+    def __init__(self, n_keywords: int = 8, n_examples: int = 5, embed: Embed | None = None):
         self.n_keywords = n_keywords
         self.n_examples = n_examples
-        self._term_cache: tuple[int, sparse.csr_matrix, np.ndarray] | None = None
+        self.embed = embed
+        self._phrase_cache: tuple[int, sparse.csr_matrix, np.ndarray] | None = None
+        self._vectors: dict[str, np.ndarray] = {}  # phrase -> unit vector, across levels
 
-    def _terms(self, texts: Sequence[str]) -> tuple[sparse.csr_matrix, np.ndarray]:
-        if self._term_cache is None or self._term_cache[0] != id(texts):
-            self._term_cache = (id(texts), *term_matrix(texts))
-        return self._term_cache[1], self._term_cache[2]
+    def _phrases(self, texts: Sequence[str]) -> tuple[sparse.csr_matrix, np.ndarray]:
+        if self._phrase_cache is None or self._phrase_cache[0] != id(texts):
+            self._phrase_cache = (id(texts), *phrase_matrix(texts))
+        return self._phrase_cache[1], self._phrase_cache[2]
+
+    def _candidates(
+        self, scores: np.ndarray, held: np.ndarray, vocabulary: np.ndarray
+    ) -> list[np.ndarray]:
+        """Per cluster, its best phrases by class-based TF-IDF that at least two of its texts hold
+        (one, in a cluster where no phrase is held twice), a phrase giving way to a longer one
+        that says the same."""
+        picked = []
+        for row, texts_holding in zip(scores, held, strict=True):
+            floor = 2 if texts_holding.max(initial=0) >= 2 else 1
+            usable = np.flatnonzero((texts_holding >= floor) & (row > 0))
+            pool = usable[np.argsort(-row[usable], kind="stable")[: 2 * CANDIDATES]]
+            picked.append(drop_contained(pool, vocabulary, texts_holding)[:CANDIDATES])
+        return picked
+
+    def _embed_phrases(self, phrases: set[str]) -> None:
+        """Adds the unit vectors of phrases not embedded yet (by this labeler) to its cache."""
+        missing = sorted(phrases - self._vectors.keys())
+        if missing and self.embed is not None:
+            self._vectors |= dict(zip(missing, normalise_rows(self.embed(missing)), strict=True))
+
+    def keywords(self, level: LevelTexts) -> list[tuple[str, ...]]:
+        """Per cluster, up to n_keywords phrases, the best first."""
+        counts, vocabulary = self._phrases(level.texts)
+        k = int(level.labels.max()) + 1
+        if not len(vocabulary):
+            return [()] * k
+        scores, held = class_tfidf(counts, level.labels)
+        candidates = self._candidates(scores, held, vocabulary)
+        self._embed_phrases({str(vocabulary[i]) for options in candidates for i in options})
+        unit = normalise_rows(level.embeddings)
+        result = []
+        for cluster, options in enumerate(candidates):
+            names = [str(vocabulary[i]) for i in options]
+            if not names:
+                result.append(())
+                continue
+            relevance = scores[cluster, options] / scores[cluster, options].max()
+            vectors = None
+            if self.embed is not None:
+                centroid = normalise_rows(unit[level.labels == cluster].mean(0, keepdims=True))[0]
+                vectors = np.stack([self._vectors[name] for name in names])
+                relevance = (1 - SIMILARITY_WEIGHT) * relevance + SIMILARITY_WEIGHT * (
+                    vectors @ centroid
+                )
+            chosen = select_mmr(relevance, vectors, names, self.n_keywords, DIVERSITY)
+            result.append(tuple(names[i] for i in chosen))
+        return result
 
     def label(self, level: LevelTexts) -> list[ClusterLabel]:
-        counts, vocabulary = self._terms(level.texts)
-        scores = class_tfidf(counts, level.labels) if len(vocabulary) else None
         examples = central_examples(level.labels, level.texts, level.embeddings, self.n_examples)
         labels = []
-        for cluster, cluster_examples in enumerate(examples):
-            keywords = (
-                top_keywords(scores[cluster], vocabulary, self.n_keywords)
-                if scores is not None
-                else ()
-            )
-            name = " / ".join(keywords[:3]) if keywords else cluster_examples[0][:60]
+        for cluster, (keywords, cluster_examples) in enumerate(
+            zip(self.keywords(level), examples, strict=True)
+        ):
+            name = " / ".join(keywords[:LABEL_PHRASES]) if keywords else cluster_examples[0][:60]
             labels.append(ClusterLabel(cluster, name, keywords, cluster_examples))
         return labels
 
 
-def make_labeler(config: LabelerConfig) -> Labeler:
-    return KeywordLabeler(n_keywords=config.n_keywords, n_examples=config.n_examples)
+def make_labeler(config: LabelerConfig, embed: Embed | None = None) -> Labeler:
+    return KeywordLabeler(n_keywords=config.n_keywords, n_examples=config.n_examples, embed=embed)

@@ -1,38 +1,37 @@
-"""LLM calls through litellm: cached, bounded, rate-limited, retried and validated.
+"""LLM calls through litellm: cached, bounded, rate-limited, retried, in a form the server takes.
 
-Every answer is cached in `clustering.llm_calls` under a key made of the model, the parameters and
-the prompt's hash, committed within seconds of arriving: a re-run with nothing changed makes no
-call, and an interrupted run resumes where it stopped. Calls are bounded in number at once and per
-minute, and retried with exponential backoff and jitter after a 429, a 5xx, a timeout or a lost
-connection. Replies must be one JSON object matching a pydantic model; small slips are repaired,
-anything else is asked again. A question whose calls all fail returns None, and the caller falls
-back to an offline label.
+Every answer is cached (`llm_cache`) under a key made of the model, the parameters and the
+prompt's hash: a re-run with nothing changed makes no call, and an interrupted run resumes where it
+stopped. Calls are bounded in number at once and per minute, and retried after a 429, a 5xx, a
+timeout or a lost connection, after the server's Retry-After or an exponential backoff
+(`llm_limits`). The structured-output form is learned from the server (`llm_formats`). Replies must
+be one JSON object matching a pydantic model; harmless defects are repaired, anything else is asked
+again (`llm_replies`). A question whose calls all fail returns None, and the caller falls back.
 """
 
 import asyncio
-import functools
 import hashlib
 import html
 import json
+import math
 import os
-import random
-import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlparse
 
-import polars as pl
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from .errors import InputError
 from .litellm_import import import_litellm
+from .llm_cache import CallCache
+from .llm_formats import OutputForm, grammar_schema, refuses_shape
+from .llm_limits import Failure, failure_kind
+from .llm_replies import InvalidReply, Reading, parse_reply
+from .llm_requests import CallStats, Requests
 from .run_config import LLMSettings
-from .storage import SCHEMA
 
 T = TypeVar("T")
 
@@ -44,21 +43,6 @@ SYSTEM_PROMPT = (
 
 # Servers that litellm reaches on this machine by default when no api_base is given.
 LOCAL_DEFAULTS = {"ollama": "http://localhost:11434", "ollama_chat": "http://localhost:11434"}
-MAX_BACKOFF_S = 60.0
-
-CALL_SCHEMA = {
-    "cache_key": pl.String,
-    "model": pl.String,
-    "task": pl.String,
-    "params": pl.String,
-    "prompt_hash": pl.String,
-    "answer": pl.String,
-    "calls": pl.Int32,
-    "prompt_tokens": pl.Int64,
-    "completion_tokens": pl.Int64,
-    "cost_usd": pl.Float64,
-    "created_at": pl.Datetime("us"),
-}
 
 
 def escape(text: str, limit: int | None = None) -> str:
@@ -76,71 +60,24 @@ def instructions(settings: LLMSettings, default: str) -> str:
     return context + (settings.prompt.strip() if settings.prompt else default)
 
 
-class InvalidReply(ValueError):
-    """A reply that is not the requested JSON; the message tells the model what to fix."""
-
-
 @dataclass(frozen=True)
 class Ask:
-    """One question: a prompt, the pydantic model its answer must match, and a check for what a
-    schema cannot say (such as "one of these names"), raising InvalidReply."""
+    """One question: a prompt, the pydantic model its answer must match, and checks for what a
+    schema cannot say (such as "one of these names"): each returns the answer, or a repaired
+    copy, or raises InvalidReply. `max_tokens` caps the reply below the run's `max_tokens`, so a
+    small model that loops inside the JSON stops early."""
 
     task: str
     prompt: str
     schema: type[BaseModel]
-    check: Callable[[BaseModel], BaseModel] | None = None
+    checks: tuple[Callable[[BaseModel], BaseModel], ...] = ()
+    max_tokens: int | None = None
 
     def messages(self) -> list[dict]:
         return [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": self.prompt},
         ]
-
-
-@dataclass
-class CallStats:
-    """What a summary run cost: calls, cache hits, failures, tokens, dollars and seconds."""
-
-    calls: int = 0  # HTTP requests sent, retries included
-    cache_hits: int = 0
-    retries: int = 0  # after a 429, a 5xx, a timeout or a lost connection
-    invalid_replies: int = 0
-    failures: int = 0  # questions given up on: their clusters keep an offline label
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    priced_calls: int = 0  # calls whose cost litellm knows
-    wall_s: float = 0.0
-
-    def as_dict(self) -> dict:
-        return asdict(self) | {"cost_usd": round(self.cost_usd, 6), "wall_s": round(self.wall_s, 2)}
-
-
-def parse_reply(content: str, schema: type[BaseModel]) -> BaseModel:
-    """The reply's JSON object, validated; code fences, prose around it and trailing commas are
-    repaired first."""
-    text = content.strip()
-    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
-    if fenced:
-        text = fenced.group(1)
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end < start:
-        raise InvalidReply("the reply holds no JSON object")
-    text = text[start : end + 1]
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            data = json.loads(re.sub(r",\s*([}\]])", r"\1", text))
-        except json.JSONDecodeError as err:
-            raise InvalidReply(f"the reply is not valid JSON ({err})") from err
-    try:
-        return schema.model_validate(data)
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'object'}: {e['msg']}" for e in err.errors()
-        )
-        raise InvalidReply(f"the JSON does not match the requested fields ({problems})") from err
 
 
 def check_ready(settings: LLMSettings) -> None:
@@ -172,127 +109,38 @@ def check_ready(settings: LLMSettings) -> None:
         ) from err
 
 
-class CallCache:
-    """Answers by key in `clustering.llm_calls`, shared by all partitions. New answers are written
-    in small batches (every `FLUSH_EVERY` answers or `FLUSH_SECONDS`), and always when a run ends
-    or fails, so an interrupted run loses at most the last few seconds of answers. `connect` opens
-    a short-lived DuckDB connection: none is held while the model thinks."""
-
-    FLUSH_EVERY = 32
-    FLUSH_SECONDS = 2.0
-
-    def __init__(self, connect: Callable[[], AbstractContextManager]):
-        self.connect = connect
-        self.pending: dict[str, dict] = {}
-        self.known: dict[str, dict | None] = {}
-        self.last_flush = time.monotonic()
-
-    def prefetch(self, keys: Sequence[str]) -> None:
-        """Look many keys up in one query; `get` then answers them without another."""
-        with self.connect() as conn:
-            rows = conn.execute(
-                f"SELECT cache_key, answer FROM {SCHEMA}.llm_calls "
-                "WHERE list_contains(?, cache_key)",
-                [list(keys)],
-            ).fetchall()
-        self.known = dict.fromkeys(keys) | {key: json.loads(answer) for key, answer in rows}
-
-    def get(self, key: str) -> dict | None:
-        if key in self.pending:
-            return self.pending[key]["answer"]
-        if key in self.known:
-            return self.known[key]
-        with self.connect() as conn:
-            row = conn.execute(
-                f"SELECT answer FROM {SCHEMA}.llm_calls WHERE cache_key = ?", [key]
-            ).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def put(self, key: str, record: dict) -> None:
-        self.pending[key] = record
-        stale = time.monotonic() - self.last_flush > self.FLUSH_SECONDS
-        if len(self.pending) >= self.FLUSH_EVERY or stale:
-            self.flush()
-
-    def flush(self) -> None:
-        self.last_flush = time.monotonic()
-        if not self.pending:
-            return
-        now = datetime.now(UTC).replace(tzinfo=None)
-        rows = [
-            record
-            | {
-                "cache_key": key,
-                "params": json.dumps(record["params"]),
-                "answer": json.dumps(record["answer"]),
-                "created_at": now,
-            }
-            for key, record in self.pending.items()
-        ]
-        with self.connect() as conn:
-            conn.register("_calls", pl.DataFrame(rows, schema=CALL_SCHEMA).to_arrow())
-            try:
-                conn.execute(
-                    f"INSERT INTO {SCHEMA}.llm_calls BY NAME SELECT * FROM _calls "
-                    "ON CONFLICT DO NOTHING"
-                )
-            finally:
-                conn.unregister("_calls")
-        self.known |= {key: record["answer"] for key, record in self.pending.items()}
-        self.pending.clear()
-
-
-@functools.cache
-def _schema_text(schema: type[BaseModel]) -> str:
-    return json.dumps(schema.model_json_schema())
-
-
-def json_schema(schema: type[BaseModel]) -> dict:
-    """The answer model's JSON schema, a fresh copy each time (litellm may adapt it in place)."""
-    return json.loads(_schema_text(schema))
-
-
 def _hash(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-class RateLimiter:
-    """Spaces request starts evenly: at most `per_minute` a minute (no limit when None)."""
-
-    def __init__(self, per_minute: float | None):
-        self.interval = 60.0 / per_minute if per_minute else 0.0
-        self._next = 0.0
-
-    async def wait(self) -> None:
-        if not self.interval:
-            return
-        now = time.monotonic()
-        start = max(now, self._next)
-        self._next = start + self.interval
-        await asyncio.sleep(start - now)
-
-
 class LLMClient:
-    """Asks questions of one model with the limits of one summary run; `stats` adds up its cost."""
+    """Asks questions of one model with the limits of one summary run; `stats` adds up its cost.
+    `form` is the structured-output form, shared by the clients of one model and server."""
 
-    def __init__(self, settings: LLMSettings, cache: CallCache, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        settings: LLMSettings,
+        cache: CallCache,
+        log: Callable[[str], None] = print,
+        form: OutputForm | None = None,
+    ):
         self.settings = settings
         self.cache = cache
         self.log = log
         self.stats = CallStats()
-        self.litellm = import_litellm()
-        self.litellm.suppress_debug_info = True
-        self._limiter = RateLimiter(settings.requests_per_minute)
-        self._random = random.Random(0)
+        self.requests = Requests(settings, self.stats, form or OutputForm(), log)
         self._ready = False
-        self._slots: asyncio.Semaphore | None = None
-        self._ready_lock: asyncio.Lock | None = None
+
+    @property
+    def form(self) -> OutputForm:
+        """The structured-output form the server takes (`form.used`, None before any request)."""
+        return self.requests.form
 
     def run(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run async work in a fresh event loop; its wall time is added to `stats`."""
 
         async def main() -> T:
-            self._slots = asyncio.Semaphore(self.settings.max_concurrency)
+            self.requests.open()
             self._ready_lock = asyncio.Lock()
             return await work()
 
@@ -311,15 +159,15 @@ class LLMClient:
     def _key(self, question: Ask) -> tuple[str, str]:
         """The cache key (model, parameters, prompt hash) of a question, and its prompt hash."""
         prompt_hash = _hash(question.messages())
-        params = self._params(question.schema)
+        params = self._params(question)
         key = _hash({"model": self.settings.model, "params": params, "prompt": prompt_hash})
         return key, prompt_hash
 
-    def _params(self, schema: type[BaseModel]) -> dict:
+    def _params(self, question: Ask) -> dict:
         return {
             "temperature": self.settings.temperature,
-            "max_tokens": self.settings.max_tokens,
-            "schema": json_schema(schema),
+            "max_tokens": min(self.settings.max_tokens, question.max_tokens or math.inf),
+            "schema": grammar_schema(question.schema),
         }
 
     async def ask(self, question: Ask) -> BaseModel | None:
@@ -329,69 +177,62 @@ class LLMClient:
         if cached is not None:
             self.stats.cache_hits += 1
             return question.schema.model_validate(cached)
-        await self._ensure_ready()
-        outcome = await self._attempts(question)
-        if outcome is None:
-            self.stats.failures += 1
-            return None
-        answer, record = outcome
-        self.cache.put(key, record | {"prompt_hash": prompt_hash, "answer": answer.model_dump()})
-        return answer
-
-    async def _ensure_ready(self) -> None:
         async with self._ready_lock:
             if not self._ready:
                 check_ready(self.settings)
                 self._ready = True
-
-    async def _attempts(self, question: Ask):
-        litellm = self.litellm
-        transient = (
-            litellm.RateLimitError,
-            litellm.Timeout,
-            litellm.InternalServerError,
-            litellm.ServiceUnavailableError,
-            litellm.BadGatewayError,
-            litellm.APIConnectionError,
-        )
-        fatal = (litellm.AuthenticationError, litellm.PermissionDeniedError, litellm.NotFoundError)
-        messages = question.messages()
-        conversation, retries, invalid = messages, 0, 0
         record = {
             "model": self.settings.model,
             "task": question.task,
-            "params": self._params(question.schema),
+            "params": self._params(question),
             "calls": 0,
             "prompt_tokens": 0,
             "completion_tokens": 0,
             "cost_usd": None,
         }
+        answer = await self._attempts(question, record)
+        if answer is None:
+            self.stats.failures += 1
+            return None
+        self.cache.put(key, record | {"prompt_hash": prompt_hash, "answer": answer.model_dump()})
+        return answer
+
+    async def _attempts(self, question: Ask, record: dict) -> BaseModel | None:
+        messages = question.messages()
+        conversation, retries, invalid = messages, 0, 0
         while True:
-            record["calls"] += 1
             try:
-                response = await self._send(conversation, question)
-            except fatal as err:
-                where = self.settings.api_base or "its provider's URL"
-                raise InputError(
-                    f"LLM model {self.settings.model!r} at {where} refused the request: {err}"
-                ) from err
-            except transient as err:
+                response = await self.requests.send(
+                    conversation, question.task, question.schema, record
+                )
+            except Exception as err:
+                kind = failure_kind(err, self.requests.litellm)
+                if kind is None:
+                    raise
+                if kind is Failure.FATAL:
+                    where = self.settings.api_base or "its provider's URL"
+                    raise InputError(
+                        f"LLM model {self.settings.model!r} at {where} refused the request: {err}"
+                    ) from err
+                if kind is Failure.REJECTED or refuses_shape(err):
+                    self.log(f"{question.task}: the server rejected the request ({err})")
+                    return None
                 if retries >= self.settings.max_retries:
                     self.log(f"{question.task}: giving up after {retries + 1} calls ({err})")
                     return None
                 retries += 1
                 self.stats.retries += 1
-                await asyncio.sleep(self._backoff(retries))
+                await self.requests.wait_to_retry(err, retries)
                 continue
-            except litellm.APIError as err:  # e.g. a prompt too long for the model
-                self.log(f"{question.task}: the model rejected the request ({err})")
-                return None
-            self._count(response, record)
             content = response.choices[0].message.content or ""
+            reading = Reading(lenient=invalid > 0)  # asked again once: over-long text is cut
             try:
-                answer = parse_reply(content, question.schema)
-                if question.check is not None:
-                    answer = question.check(answer)
+                answer = parse_reply(content, question.schema, reading)
+                for check in question.checks:
+                    checked = check(answer)
+                    if checked is not answer:
+                        reading.repairs.append(check.__name__)
+                        answer = checked
             except InvalidReply as err:
                 self.stats.invalid_replies += 1
                 if invalid >= self.settings.invalid_retries:
@@ -407,46 +248,5 @@ class LLMClient:
                     },
                 ]
                 continue
-            return answer, record
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter: about backoff_s * 2^(attempt-1), between 50 and 150%."""
-        delay = min(MAX_BACKOFF_S, self.settings.backoff_s * 2 ** (attempt - 1))
-        return delay * self._random.uniform(0.5, 1.5)
-
-    async def _send(self, conversation: list[dict], question: Ask):
-        async with self._slots:
-            await self._limiter.wait()
-            self.stats.calls += 1
-            return await self.litellm.acompletion(
-                model=self.settings.model,
-                messages=conversation,
-                api_base=self.settings.api_base,
-                temperature=self.settings.temperature,
-                max_tokens=self.settings.max_tokens,
-                timeout=self.settings.timeout_s,
-                max_retries=0,
-                drop_params=True,
-                response_format={
-                    "type": "json_schema",
-                    "json_schema": {
-                        "name": question.task,
-                        "schema": json_schema(question.schema),
-                    },
-                },
-            )
-
-    def _count(self, response, record: dict) -> None:
-        usage = getattr(response, "usage", None)
-        prompt = (usage and usage.prompt_tokens) or 0
-        completion = (usage and usage.completion_tokens) or 0
-        self.stats.prompt_tokens += prompt
-        self.stats.completion_tokens += completion
-        record["prompt_tokens"] += prompt
-        record["completion_tokens"] += completion
-        cost = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
-        if cost is None:  # litellm does not know the model's price
-            return
-        self.stats.cost_usd += cost
-        self.stats.priced_calls += 1
-        record["cost_usd"] = (record["cost_usd"] or 0.0) + cost
+            self.stats.repaired_replies += bool(reading.repairs)
+            return answer

@@ -4,76 +4,48 @@ Per level: embed each cluster's title and summary, group the clusters into neigh
 (KMeans), ask for parent categories per neighbourhood, deduplicate them across neighbourhoods,
 assign every child to exactly one parent (a reply naming no offered parent is asked again, then
 settled by embedding similarity, never dropped), and name each parent from the children it got.
+A neighbourhood that gets no proposal keeps stand-in parents from the offline upper levels
+(`offline_levels`), never a child's title. Every fallback is counted by step.
 Each level has about 1/`merge_ratio` as many nodes as the one below; levels repeat up to
 `parent_levels` times while a new level would have at least two nodes.
-Offline, the tree is the HDBSCAN levels with their keyword labels.
 """
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, Field
 
 from .embed import cache_key, make_encoder, normalise_rows
-from .hierarchy import NODE_SCHEMA, build_tree
 from .ingest import text_hash
-from .label import KeywordLabeler, LevelTexts
-from .llm import Ask, InvalidReply, LLMClient, escape, instructions
+from .label import ClusterLabel, KeywordLabeler, LevelTexts
+from .llm import LLMClient
+from .merge_prompts import (
+    Category,
+    Node,
+    assignment_question,
+    dedupe_question,
+    normalised,
+    proposal_question,
+    rename_question,
+)
+from .offline_levels import OfflineLevels
 from .run_config import EmbeddingConfig, LLMSettings
 from .storage import missing_hashes, put_vectors, vectors_for
-from .summarize import BaseClusters, Prose, Title, offline_summary
+from .summarize import BaseClusters, offline_summary
 
-# Children listed at most in one prompt that names a parent (the largest first).
-MAX_CHILDREN_SHOWN = 40
-
-TREE_SCHEMA = {
-    **NODE_SCHEMA,
-    "title": pl.String,
-    "summary": pl.String,
-    "keywords": pl.List(pl.String),
-    "path": pl.String,
-    "position": pl.Int32,
-    "method": pl.String,
-    "assigned_by": pl.String,
-    "fallback": pl.Boolean,
-}
-
-
-class Category(BaseModel):
-    name: Title
-    description: Prose = Field(max_length=600)
-
-
-class Categories(BaseModel):
-    categories: list[Category] = Field(min_length=1)
-
-
-class Choice(BaseModel):
-    category: str = Field(min_length=1)
-
-
-class ParentDescription(BaseModel):
-    title: Title
-    summary: Prose = Field(max_length=1200)
-
-
-@dataclass(frozen=True)
-class Node:
-    title: str
-    summary: str
-    fallback: bool = False
+# The steps that can fall back, in the order a level runs them.
+FALLBACK_STEPS = ("proposals", "dedupe", "assignments", "renames")
 
 
 @dataclass(frozen=True)
 class MergedLevel:
     """One level of parents: its nodes, and for every child one level down its parent's index
-    here and how it was chosen ("llm" or "embedding"); `fallbacks` counts the steps that fell
-    back to an offline stand-in (proposals, dedupe, renames)."""
+    here and how it was chosen ("llm"; "embedding" when the model's choice failed; "offline" for
+    a stand-in parent). `fallbacks` counts by step what fell back: neighbourhoods without
+    proposals, a failed deduplication, children placed by embedding, parents named by keywords."""
 
     nodes: list[Node]
     parent: np.ndarray
@@ -123,135 +95,10 @@ def neighbourhoods(vectors: np.ndarray, size: int) -> list[np.ndarray]:
     return [np.flatnonzero(labels == g) for g in range(k) if (labels == g).any()]
 
 
-def _cluster_xml(node: Node, chars: int, size: int | None = None) -> str:
-    size_attribute = f' size="{size}"' if size is not None else ""
-    return (
-        f"<cluster{size_attribute}><title>{escape(node.title)}</title>"
-        f"<summary>{escape(node.summary, chars)}</summary></cluster>"
-    )
-
-
-def _categories_xml(categories: Sequence[Category], chars: int) -> str:
-    return "\n".join(
-        f"<category><name>{escape(c.name)}</name>"
-        f"<description>{escape(c.description, chars)}</description></category>"
-        for c in categories
-    )
-
-
-CATEGORIES_FORMAT = (
-    'Answer with a JSON object: {"categories": [{"name": "...", "description": "..."}]}'
-)
-
-
-def proposal_prompt(
-    settings: LLMSettings, children: Sequence[Node], nearby: Sequence[Node], want: int
-) -> str:
-    """Clio's first step: candidate parents for one neighbourhood, nearby clusters as contrast."""
-    chars = settings.chars_per_example
-    parts = [
-        instructions(
-            settings,
-            f"Below are {len(children)} clusters from one neighbourhood of a map of texts, each "
-            f"with a title and a summary. Propose at most {want} higher-level categories that "
-            "together cover all of them. Each category is broader than the clusters it covers "
-            'but still specific (for example "Card delivery and activation", not "Banking"): '
-            "a name of at most 10 words and a one-sentence description.",
-        ),
-        "<clusters>\n" + "\n".join(_cluster_xml(c, chars) for c in children) + "\n</clusters>",
-    ]
-    if nearby:
-        parts.append(
-            "Nearby clusters outside this neighbourhood, for contrast only (do not cover them):\n"
-            "<nearby>\n"
-            + "\n".join(f"<cluster><title>{escape(c.title)}</title></cluster>" for c in nearby)
-            + "\n</nearby>"
-        )
-    parts.append(CATEGORIES_FORMAT)
-    return "\n\n".join(parts)
-
-
-def dedupe_prompt(settings: LLMSettings, candidates: Sequence[Category], target: int) -> str:
-    """Clio's second step: one list of distinct parents from every neighbourhood's candidates."""
-    return "\n\n".join(
-        [
-            instructions(
-                settings,
-                f"Below are {len(candidates)} candidate categories proposed for different parts "
-                "of one map of texts. Merge duplicates and near-duplicates and return at most "
-                f"{target} distinct categories that together cover all the candidates, each with "
-                "a specific name of at most 10 words and a one-sentence description.",
-            ),
-            "<candidates>\n"
-            + _categories_xml(candidates, settings.chars_per_example)
-            + "\n</candidates>",
-            CATEGORIES_FORMAT,
-        ]
-    )
-
-
-def assignment_prompt(settings: LLMSettings, child: Node, parents: Sequence[Category]) -> str:
-    """Clio's third step: the one parent that fits a child best."""
-    return "\n\n".join(
-        [
-            instructions(
-                settings,
-                "Which one of the categories below fits this cluster best? Give the category's "
-                "name exactly as written.",
-            ),
-            _cluster_xml(child, settings.chars_per_example),
-            "<categories>\n"
-            + _categories_xml(parents, settings.chars_per_example)
-            + "\n</categories>",
-            'Answer with a JSON object: {"category": "..."}',
-        ]
-    )
-
-
-def rename_prompt(settings: LLMSettings, children: Sequence[Node], sizes: Sequence[int]) -> str:
-    """Clio's last step: a parent named from the children it actually got."""
-    order = np.argsort(-np.asarray(sizes), kind="stable")[:MAX_CHILDREN_SHOWN]
-    return "\n\n".join(
-        [
-            instructions(
-                settings,
-                "The clusters below were grouped under one category. Write a title of at most "
-                "10 words and a summary of 2-3 sentences that say precisely what these clusters "
-                "have in common, specific enough to tell this group apart from other groups.",
-            ),
-            "<clusters>\n"
-            + "\n".join(
-                _cluster_xml(children[i], settings.chars_per_example, int(sizes[i])) for i in order
-            )
-            + "\n</clusters>",
-            'Answer with a JSON object: {"title": "...", "summary": "..."}',
-        ]
-    )
-
-
-def _normalised(name: str) -> str:
-    return " ".join(re.sub(r"[\"'`*.:;]", " ", name).casefold().split())
-
-
-def one_of(parents: Sequence[Category]) -> Callable[[Choice], Choice]:
-    """A check that a reply names one of `parents` (case and quotes aside)."""
-    names = {_normalised(p.name): p.name for p in parents}
-
-    def check(choice: Choice) -> Choice:
-        name = names.get(_normalised(choice.category))
-        if name is None:
-            raise InvalidReply(
-                f"{choice.category!r} is not one of the categories; give one of them exactly"
-            )
-        return Choice(category=name)
-
-    return check
-
-
 def _unique(categories: Sequence[Category]) -> list[Category]:
     seen: dict[str, Category] = {}
     for category in categories:
-        seen.setdefault(_normalised(category.name), category)
+        seen.setdefault(normalised(category.name), category)
     return list(seen.values())
 
 
@@ -277,6 +124,28 @@ def embedding_dedupe(candidates: Sequence[Category], target: int, embed: Embed) 
     ]
 
 
+class KeywordNames:
+    """Offline names of merged nodes: the keyword labels of the texts a base-to-node map gives
+    each node."""
+
+    def __init__(self, base: BaseClusters, labeler: KeywordLabeler):
+        self.base = base
+        self.labeler = labeler
+        self.text_base = np.searchsorted(base.cluster_ids, base.ids)  # index into cluster_ids
+
+    def labels(self, base_to_node: np.ndarray) -> list[ClusterLabel]:
+        return self.labeler.label(
+            LevelTexts(base_to_node[self.text_base], self.base.texts, self.base.embeddings)
+        )
+
+    def nodes(self, base_to_node: np.ndarray) -> list[Node]:
+        sizes = np.bincount(base_to_node[self.text_base])
+        return [
+            Node(c.label, offline_summary(int(sizes[i]), c.keywords, c.examples), fallback=True)
+            for i, c in enumerate(self.labels(base_to_node))
+        ]
+
+
 class Merger:
     """Builds the merged levels for one summary run over the base clusters."""
 
@@ -286,15 +155,15 @@ class Merger:
         settings: LLMSettings,
         base: BaseClusters,
         embed: Embed,
-        labeler: KeywordLabeler,
+        names: KeywordNames,
+        offline: OfflineLevels,
     ):
         self.client = client
         self.settings = settings
         self.base = base
         self.embed = embed
-        self.labeler = labeler
-        # each text's base cluster as an index into base.cluster_ids (ordered by id)
-        self.text_base = np.searchsorted(base.cluster_ids, base.ids)
+        self.names = names
+        self.offline = offline
 
     async def levels(self, base_nodes: Sequence[Node]) -> list[MergedLevel]:
         """Parent levels above the base clusters, the lowest first."""
@@ -316,97 +185,84 @@ class Merger:
     async def _merge(
         self, children: list[Node], sizes: np.ndarray, base_to_child: np.ndarray, target: int
     ) -> MergedLevel:
-        fallbacks = {"proposals": 0, "dedupe": 0, "renames": 0}
+        fallbacks = dict.fromkeys(FALLBACK_STEPS, 0)
         vectors = self.embed([_node_text(c) for c in children])
-        candidates, n_groups = await self._propose(children, vectors, target, fallbacks)
-        parents = candidates
-        if n_groups > 1:  # candidates from several neighbourhoods may repeat one another
-            answer = await self.client.ask(
-                Ask(
-                    "deduplicated_categories",
-                    dedupe_prompt(self.settings, candidates, target),
-                    Categories,
-                )
+        groups = neighbourhoods(vectors, self.settings.neighbourhood_size)
+        proposed = await self._propose(children, vectors, groups, target)
+        parent = np.empty(len(children), np.int64)
+        assigned_by = ["llm"] * len(children)
+        methods: list[str] = []
+        answered = [g for g, p in zip(groups, proposed, strict=True) if p is not None]
+        if answered:
+            asked = np.concatenate(answered)
+            share = max(1, math.ceil(target * len(asked) / len(children)))
+            parents = await self._deduplicate([p for p in proposed if p], share, fallbacks)
+            parent[asked], how = await self._assign(
+                [children[i] for i in asked], vectors[asked], parents
             )
-            if answer is None:
-                fallbacks["dedupe"] = 1
-                parents = embedding_dedupe(candidates, target, self.embed)
-            else:
-                parents = _unique(answer.categories)[:target]
-        parent, assigned_by = await self._assign(children, vectors, parents)
+            for i, way in zip(asked, how, strict=True):
+                assigned_by[i] = way
+            fallbacks["assignments"] = how.count("embedding")
+            methods = ["llm"] * len(parents)
+        failed = [g for g, p in zip(groups, proposed, strict=True) if p is None]
+        if failed:  # the offline levels stand in, not a child's title
+            fallbacks["proposals"] = len(failed)
+            stand_ins = self.offline.stand_in_parents(base_to_child, failed, target)
+            for group, stand_in in zip(failed, stand_ins, strict=True):
+                parent[group] = len(methods) + stand_in
+                for i in group:
+                    assigned_by[i] = "offline"
+            methods += ["offline"] * (int(np.concatenate(stand_ins).max()) + 1)
         used, parent = np.unique(parent, return_inverse=True)
-        members = [np.flatnonzero(parent == p) for p in range(len(used))]
-        answers = await self.client.ask_all(
-            [
-                Ask(
-                    "parent_description",
-                    rename_prompt(self.settings, [children[i] for i in m], sizes[m]),
-                    ParentDescription,
-                )
-                for m in members
-            ]
+        nodes = await self._name(
+            children, sizes, base_to_child, parent, [methods[u] for u in used], fallbacks
         )
-        offline = (
-            self.offline_nodes(parent[base_to_child]) if any(a is None for a in answers) else None
-        )
-        nodes = []
-        for p, answer in enumerate(answers):
-            if answer is None:
-                fallbacks["renames"] += 1
-                nodes.append(offline[p])
-            else:
-                nodes.append(Node(answer.title, answer.summary))
         return MergedLevel(nodes, parent, assigned_by, fallbacks)
 
     async def _propose(
-        self, children: list[Node], vectors: np.ndarray, target: int, fallbacks: dict
-    ) -> tuple[list[Category], int]:
-        """Candidate parents from every neighbourhood, and the number of neighbourhoods."""
-        groups = neighbourhoods(vectors, self.settings.neighbourhood_size)
+        self, children: list[Node], vectors: np.ndarray, groups: list[np.ndarray], target: int
+    ) -> list[list[Category] | None]:
+        """Candidate parents per neighbourhood; None where every call failed."""
         wants, questions = [], []
         for group in groups:
             want = max(1, math.ceil(target * len(group) / len(children)))
             outside = np.setdiff1d(np.arange(len(children)), group)
             centre = vectors[group].mean(0)
             nearby = outside[np.argsort(-(vectors[outside] @ centre), kind="stable")]
-            prompt = proposal_prompt(
-                self.settings,
-                [children[i] for i in group],
-                [children[i] for i in nearby[: self.settings.contrast_clusters]],
-                want,
-            )
             wants.append(want)
-            questions.append(Ask("parent_candidates", prompt, Categories))
+            questions.append(
+                proposal_question(
+                    self.settings,
+                    [children[i] for i in group],
+                    [children[i] for i in nearby[: self.settings.contrast_clusters]],
+                    want,
+                )
+            )
         answers = await self.client.ask_all(questions)
-        candidates: list[Category] = []
-        for group, want, answer in zip(groups, wants, answers, strict=True):
-            if answer is None:  # the most central children stand in as candidates
-                fallbacks["proposals"] += 1
-                central = _closest_to_mean(vectors, group)[:want]
-                candidates += [
-                    Category.model_construct(
-                        name=children[i].title, description=children[i].summary
-                    )
-                    for i in central
-                ]
-            else:
-                candidates += answer.categories[:want]
-        return _unique(candidates), len(groups)
+        return [
+            None if answer is None else answer.categories[:want]
+            for want, answer in zip(wants, answers, strict=True)
+        ]
+
+    async def _deduplicate(
+        self, proposals: list[list[Category]], target: int, fallbacks: dict
+    ) -> list[Category]:
+        """One list of distinct parents from the neighbourhoods' candidates."""
+        candidates = _unique([c for candidates in proposals for c in candidates])
+        if len(proposals) < 2:
+            return candidates
+        answer = await self.client.ask(dedupe_question(self.settings, candidates, target))
+        if answer is None:
+            fallbacks["dedupe"] = 1
+            return embedding_dedupe(candidates, target, self.embed)
+        return _unique(answer.categories)[:target]
 
     async def _assign(
         self, children: list[Node], vectors: np.ndarray, parents: list[Category]
     ) -> tuple[np.ndarray, list[str]]:
         """Every child's parent: the LLM's choice, or else the most similar parent."""
         choices = await self.client.ask_all(
-            [
-                Ask(
-                    "parent_assignment",
-                    assignment_prompt(self.settings, child, parents),
-                    Choice,
-                    check=one_of(parents),
-                )
-                for child in children
-            ]
+            [assignment_question(self.settings, child, parents) for child in children]
         )
         index = {p.name: i for i, p in enumerate(parents)}
         parent_vectors = self.embed([f"{p.name}: {p.description}" for p in parents])
@@ -420,78 +276,27 @@ class Merger:
                 assigned_by.append("llm")
         return parent, assigned_by
 
-    def keyword_labels(self, base_to_node: np.ndarray):
-        """Offline keyword labels of the nodes a base-to-node map defines."""
-        return self.labeler.label(
-            LevelTexts(base_to_node[self.text_base], self.base.texts, self.base.embeddings)
+    async def _name(
+        self,
+        children: list[Node],
+        sizes: np.ndarray,
+        base_to_child: np.ndarray,
+        parent: np.ndarray,
+        methods: list[str],
+        fallbacks: dict,
+    ) -> list[Node]:
+        """Every parent named from the children it got; by its keywords where that failed."""
+        members = [np.flatnonzero(parent == p) for p in range(len(methods))]
+        answers = await self.client.ask_all(
+            [rename_question(self.settings, [children[i] for i in m], sizes[m]) for m in members]
         )
-
-    def offline_nodes(self, base_to_node: np.ndarray) -> list[Node]:
-        """Stand-in names for nodes whose naming calls all failed: their keyword labels."""
-        sizes = np.bincount(base_to_node[self.text_base])
-        return [
-            Node(c.label, offline_summary(int(sizes[i]), c.keywords, c.examples), fallback=True)
-            for i, c in enumerate(self.keyword_labels(base_to_node))
-        ]
-
-    def tree(self, summaries: pl.DataFrame, levels: list[MergedLevel]) -> pl.DataFrame:
-        """The merged tree, top level first, in depth-first order; base nodes keep the ids (and
-        level name) of the finest HDBSCAN level."""
-        base = self.base
-        maps = [np.arange(len(base.cluster_ids))]  # base cluster -> node, per level upwards
-        for level in levels:
-            maps.append(level.parent[maps[-1]])
-        names = [base.level_name] + [f"parent_{d}" for d in range(1, len(levels) + 1)]
-        per_text = [base.ids] + [m[self.text_base] for m in maps[1:]]
-        titles = [dict(zip(summaries["cluster_id"], summaries["title"], strict=True))]
-        info = {
-            (base.level_name, c): (s, f)
-            for c, s, f in summaries.select("cluster_id", "summary", "fallback").iter_rows()
-        }
-        keywords = [dict(zip(summaries["cluster_id"], summaries["keywords"], strict=True))]
-        for depth, level in enumerate(levels, start=1):
-            titles.append({i: n.title for i, n in enumerate(level.nodes)})
-            keywords.append(
-                {i: list(c.keywords) for i, c in enumerate(self.keyword_labels(maps[depth]))}
-            )
-            info |= {(names[depth], i): (n.summary, n.fallback) for i, n in enumerate(level.nodes)}
-        assigned = {}  # how each node got its parent, by (level name, cluster id)
-        for depth, level in enumerate(levels):
-            ids = base.cluster_ids if depth == 0 else range(len(level.assigned_by))
-            assigned |= {
-                (names[depth], c): how for c, how in zip(ids, level.assigned_by, strict=True)
-            }
-        tree = build_tree(names[::-1], per_text[::-1], titles[::-1], keywords[::-1])
-        keys = list(zip(tree["level_name"], tree["cluster_id"], strict=True))
-        return (
-            tree.rename({"label": "title"})
-            .with_columns(
-                summary=pl.Series([info[k][0] for k in keys], dtype=pl.String),
-                position=pl.int_range(pl.len(), dtype=pl.Int32),
-                method=pl.lit("llm"),
-                assigned_by=pl.Series([assigned.get(k) for k in keys], dtype=pl.String),
-                fallback=pl.Series([info[k][1] for k in keys], dtype=pl.Boolean),
-            )
-            .select(list(TREE_SCHEMA))
-        )
-
-
-def offline_tree(hierarchy: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
-    """The HDBSCAN tree (`hierarchy` rows) as a merged tree: keyword labels for titles, offline
-    summaries from `labels` (level, cluster_id, examples)."""
-    joined = hierarchy.join(labels, on=["level", "cluster_id"], how="left", maintain_order="left")
-    return (
-        joined.select(
-            *[c for c in TREE_SCHEMA if c in hierarchy.columns],
-            title=pl.col("label"),
-            summary=pl.struct("size", "keywords", "examples").map_elements(
-                lambda r: offline_summary(r["size"], r["keywords"] or [], r["examples"] or []),
-                pl.String,
-            ),
-            method=pl.lit("hdbscan"),
-            assigned_by=pl.when(pl.col("parent_id").is_not_null()).then(pl.lit("hdbscan")),
-            fallback=pl.lit(False),
-        )
-        .select(list(TREE_SCHEMA))
-        .cast(TREE_SCHEMA)
-    )
+        offline = None
+        nodes = []
+        for p, answer in enumerate(answers):
+            if answer is None:
+                fallbacks["renames"] += 1
+                offline = offline or self.names.nodes(parent[base_to_child])
+                nodes.append(replace(offline[p], method=methods[p]))
+            else:
+                nodes.append(Node(answer.title, answer.summary, method=methods[p]))
+        return nodes

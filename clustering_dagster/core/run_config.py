@@ -3,7 +3,7 @@
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -37,21 +37,84 @@ class ProjectionConfig(StrictModel):
     random_state: int | None = None
 
 
+# The fields each clustering method reads; any other method's field given on a level is an error.
+METHOD_FIELDS = {
+    "hdbscan": {"min_cluster_size", "min_samples", "cluster_selection_method"},
+    "kmeans": {"k"},
+    "merge": {"n_clusters", "branching", "linkage", "min_gap"},
+}
+
+
 class LevelConfig(StrictModel):
+    """One level of the tree. `hdbscan` and `kmeans` cluster the texts' cluster space; `merge`
+    joins the clusters of the level below it, so it nests by construction."""
+
     name: str
-    method: Literal["hdbscan", "kmeans"] = "hdbscan"
+    method: Literal["hdbscan", "kmeans", "merge"] = "hdbscan"
     min_cluster_size: float = Field(
         0.003, gt=0, description="texts per cluster at least; a value below 1 is a share of n"
     )
     min_samples: int | None = Field(None, ge=1)
     cluster_selection_method: Literal["eom", "leaf"] = "eom"
     k: int | None = Field(None, ge=1, description="number of clusters, for kmeans")
+    n_clusters: int | None = Field(None, ge=1, description="merge: about this many nodes")
+    branching: float | None = Field(
+        None, gt=1, description="merge: about this many clusters of the level below per node"
+    )
+    linkage: Literal["ward", "average"] = Field("ward", description="merge: how clusters join")
+    min_gap: float | None = Field(
+        None,
+        gt=1,
+        description="merge: cut where the next join costs this many times the previous one, "
+        "if that happens within a factor 2 of the target number of nodes",
+    )
 
     @model_validator(mode="after")
-    def _kmeans_needs_k(self):
+    def _fields_match_method(self):
+        others = set().union(*METHOD_FIELDS.values()) - METHOD_FIELDS[self.method]
+        stray = sorted(others & self.model_fields_set)
+        if stray:
+            raise ValueError(
+                f"level {self.name!r}: {', '.join(stray)} not used by method {self.method}"
+            )
         if self.method == "kmeans" and self.k is None:
             raise ValueError(f"level {self.name!r}: method kmeans needs k")
+        if self.method == "merge" and (self.n_clusters is None) == (self.branching is None):
+            raise ValueError(f"level {self.name!r}: method merge needs n_clusters or branching")
         return self
+
+    def size_hint(self) -> tuple[str, float] | None:
+        """What orders this level against others of its kind: (unit, value), larger = finer."""
+        if self.method == "kmeans":
+            return "clusters", self.k
+        if self.method == "merge" and self.n_clusters is not None:
+            return "clusters", self.n_clusters
+        if self.method == "hdbscan":
+            unit = "share" if self.min_cluster_size < 1 else "texts"
+            return f"min_cluster_size {unit}", -self.min_cluster_size
+        return None
+
+
+def check_level_order(levels: Sequence[LevelConfig]) -> None:
+    """Levels are listed coarse first: a merge level needs a level below it, and wherever two
+    levels can be compared (cluster counts, or HDBSCAN minimum sizes in one unit) the one further
+    down the list must be finer."""
+    if levels[-1].method == "merge":
+        raise ValueError(
+            f"levels are listed coarse first, and the last, {levels[-1].name!r}, is the finest: "
+            "it cannot be method merge (merge joins the clusters of the level below it)"
+        )
+    for upper_index, upper in enumerate(levels):
+        for lower in levels[upper_index + 1 :]:
+            a, b = upper.size_hint(), lower.size_hint()
+            if a is None or b is None or a[0] != b[0] or a[1] <= b[1]:
+                continue
+            field = "min_cluster_size" if a[0].startswith("min") else "the number of clusters"
+            raise ValueError(
+                f"levels are listed coarse first, but level {lower.name!r}, listed below "
+                f"{upper.name!r}, is coarser ({field} {abs(b[1]):g} against {abs(a[1]):g}): "
+                "list the coarsest level first"
+            )
 
 
 class LLMSettings(StrictModel):
@@ -142,10 +205,11 @@ class RunConfig(StrictModel):
     incremental: IncrementalConfig = IncrementalConfig()
 
     @model_validator(mode="after")
-    def _unique_level_names(self):
+    def _levels_unique_and_coarse_first(self):
         names = [level.name for level in self.levels]
         if len(set(names)) != len(names):
             raise ValueError(f"level names must be unique, got {names}")
+        check_level_order(self.levels)
         return self
 
     def params(self) -> dict:

@@ -12,37 +12,37 @@ from typing import Annotated
 
 import numpy as np
 import polars as pl
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ValidationInfo, WithJsonSchema
 
 from .embed import normalise_rows
 from .llm import Ask, LLMClient, escape, instructions
+from .llm_replies import Summary, Title, note_repair
 from .run_config import LLMSettings
 from .storage import Partition, partition_vectors, relation
 
-# Titles are asked for in at most 10 words; a reply of up to this many is accepted.
-MAX_TITLE_WORDS = 12
+
+def _rating(value: int, info: ValidationInfo) -> int:
+    """A coherence outside 1-10 (a grammar cannot bound integers) is clamped, not asked again."""
+    if 1 <= value <= 10:
+        return value
+    note_repair(info, "coherence clamped")
+    return min(10, max(1, value))
 
 
-def _title(value: str) -> str:
-    value = " ".join(value.split()).strip(" .\"'")
-    if not value:
-        raise ValueError("the title is empty")
-    if len(value.split()) > MAX_TITLE_WORDS:
-        raise ValueError(f"the title has more than {MAX_TITLE_WORDS} words")
-    return value
-
-
-Title = Annotated[str, AfterValidator(_title)]
-Prose = Annotated[str, AfterValidator(lambda v: " ".join(v.split())), Field(min_length=1)]
+Rating = Annotated[
+    int,
+    AfterValidator(_rating),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 10}),
+]
 
 
 class ClusterDescription(BaseModel):
     """What the LLM says about one base cluster."""
 
     title: Title
-    summary: Prose = Field(max_length=1200)
+    summary: Summary
     category: Title
-    coherence: int = Field(ge=1, le=10)
+    coherence: Rating
 
 
 SUMMARY_SCHEMA = {
@@ -57,13 +57,16 @@ SUMMARY_SCHEMA = {
     "fallback": pl.Boolean,
 }
 
+# Tokens a description needs at most (a title, 2-3 sentences, a category, a number).
+DESCRIPTION_TOKENS = 400
+# No example title: small models copy it (SmolLM2 titled 2 of 16 clusters with it).
 DEFAULT_INSTRUCTIONS = (
-    "Describe the cluster of texts below for an analyst. The title has at most 10 words and is "
-    'specific enough to tell this cluster apart from its neighbours (for example "Replacement '
-    'card not delivered yet", not "Card issues"). The summary has 2-3 sentences on what the texts '
-    "have in common and what sets them apart from the neighbouring clusters. The category is a "
-    "broad area in 1-3 words. Coherence rates from 1 (unrelated texts) to 10 (every text asks the "
-    "same thing)."
+    "Describe the cluster of texts below for an analyst. The title has at most 10 words and says "
+    "specifically what these texts ask or report (a precise request or problem, not a broad "
+    "topic), so that it tells this cluster apart from its neighbours. The summary has 2-3 "
+    "sentences on what the texts have in common and what sets them apart from the neighbouring "
+    "clusters. The category is a broad area in 1-3 words. Coherence rates from 1 (unrelated "
+    "texts) to 10 (every text asks the same thing)."
 )
 ANSWER_FORMAT = (
     'Answer with a JSON object: {"title": "...", "summary": "...", "category": "...", '
@@ -244,7 +247,12 @@ async def describe_clusters(
     sizes = base.offline["size"].to_list()
     answers = await client.ask_all(
         [
-            Ask("cluster_description", description_prompt(settings, size, s), ClusterDescription)
+            Ask(
+                "cluster_description",
+                description_prompt(settings, size, s),
+                ClusterDescription,
+                max_tokens=DESCRIPTION_TOKENS,
+            )
             for size, s in zip(sizes, shown, strict=True)
         ]
     )
