@@ -3,7 +3,7 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
-from ..core.label import LevelTexts, make_labeler
+from ..core.label import LevelTexts, label_sample, make_labeler
 from ..core.merge import stored_encoder
 from ..core.storage import partition_vectors, read_partition
 from ..resources import ClusteringSettings, connection
@@ -26,11 +26,14 @@ def cluster_labels(
             conn, "assignments", part, "level, level_name, cluster_id", "level, row_idx"
         )
     labeler = make_labeler(config.labeler, stored_encoder(duckdb.get_connection, config.embedding))
-    texts = rows["text"].to_list()
+    levels = assignments.partition_by("level", maintain_order=True)
+    sample = label_sample(levels[-1]["cluster_id"].to_numpy(), config.labeler.max_texts)
+    texts, vectors = rows["text"].gather(sample).to_list(), vectors[sample]
     frames = []
-    for (depth, name), level in assignments.group_by("level", "level_name", maintain_order=True):
+    for level in levels:
+        depth, name = level["level"][0], level["level_name"][0]
         stable_ids, dense = np.unique(level["cluster_id"].to_numpy(), return_inverse=True)
-        labels = labeler.label(LevelTexts(dense, texts, vectors))
+        labels = labeler.label(LevelTexts(dense[sample], texts, vectors))
         frames.append(
             pl.DataFrame(
                 {
@@ -51,6 +54,7 @@ def cluster_labels(
     metadata = {
         "clusters": table.height,
         "labeler": labeler.name,
+        "texts_labelled_from": len(sample),
         "params_hash": config.params_hash(),
     }
     for (name,), level in table.group_by("level_name", maintain_order=True):

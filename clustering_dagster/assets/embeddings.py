@@ -4,6 +4,8 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
+from ..core.dataset_vectors import dataset_vectors, vector_key
+from ..core.datasets import DatasetSpec, source_hash
 from ..core.embed import cache_key, make_encoder, pick_device
 from ..core.run_config import EmbeddingConfig
 from ..core.storage import missing_hashes, model_dim, put_vectors, read_partition
@@ -14,6 +16,9 @@ from .common import clustering_asset, stage, write_result
 # that much work; the chunk size adapts to the device's speed within these bounds.
 CHUNK_SECONDS = 3.0
 CHUNK_BOUNDS = (32, 16_384)
+# A dataset's own vectors are committed batch by batch (each batch survives a failure) and written
+# to the main file once this much is in the write-ahead log, or at the end.
+DATASET_VECTORS_CHECKPOINT = "4GB"
 
 
 def embed_missing(
@@ -30,8 +35,11 @@ def embed_missing(
     if len(missing) == 0:
         return 0
     encode = make_encoder(config)
-    todo = texts.filter(pl.col("text_hash").is_in(missing.implode())).unique(
-        "text_hash", keep="first", maintain_order=True
+    # similar lengths in one chunk: the model pads each batch to its longest text
+    todo = (
+        texts.filter(pl.col("text_hash").is_in(missing.implode()))
+        .unique("text_hash", keep="first", maintain_order=True)
+        .sort(pl.col("text").str.len_bytes(), maintain_order=True)
     )
     start, size = 0, max(CHUNK_BOUNDS[0], config.batch_size)
     while start < todo.height:
@@ -48,26 +56,53 @@ def embed_missing(
     return todo.height
 
 
+def store_dataset_vectors(
+    duckdb: DuckDBResource, spec: DatasetSpec, model: str, texts: pl.DataFrame
+) -> int:
+    """Store the vectors the dataset brings (its `embedding_column`) as `model` unless they are
+    stored already; returns how many were stored."""
+    with connection(duckdb) as conn:
+        if len(missing_hashes(conn, model, texts["text_hash"])) == 0:
+            return 0
+    stored = 0
+    with connection(duckdb) as conn:
+        # one connection, checkpointed once at the end: a checkpoint per batch doubles the time
+        conn.execute(f"SET checkpoint_threshold = '{DATASET_VECTORS_CHECKPOINT}'")
+        for hashes, vectors in dataset_vectors(spec):
+            put_vectors(conn, model, hashes, vectors)
+            stored += len(hashes)
+    return stored
+
+
 @clustering_asset(deps=["raw_texts"])
 def embeddings(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:
-    """One vector per text, from a cache keyed by (model, text hash): only new texts are embedded."""
+    """One vector per text, from a cache keyed by (model, text hash): only new texts are embedded;
+    a dataset with an `embedding_column` brings its own vectors, which are stored instead."""
     part, config = stage(context, clustering)
-    model = cache_key(config.embedding)
+    spec = clustering.dataset(part.dataset)
     with connection(duckdb) as conn:
         texts = read_partition(conn, "texts", part, "row_idx, text, text_hash", "row_idx")
     started = time.perf_counter()
-    new = embed_missing(context, duckdb, config.embedding, texts)
+    if spec.embedding_column is None:
+        model = cache_key(config.embedding)
+        new = embed_missing(context, duckdb, config.embedding, texts)
+    else:
+        model = vector_key(spec, source_hash(spec))
+        new = store_dataset_vectors(duckdb, spec, model, texts)
     seconds = time.perf_counter() - started
     with connection(duckdb) as conn:
         dim = model_dim(conn, model)
         refs = texts.select("row_idx", "text_hash", model=pl.lit(model), dim=pl.lit(dim, pl.Int32))
         stats = {"new": new, "cached": texts["text_hash"].n_unique() - new}
         write_result(conn, context, part, config, {"embeddings": refs}, stats=stats)
-    device = (
-        pick_device(config.embedding.device) if config.embedding.backend != "litellm" else "api"
-    )
+    if spec.embedding_column is not None:
+        device = f"none: the dataset's column {spec.embedding_column!r}"
+    elif config.embedding.backend == "litellm":
+        device = "api"
+    else:
+        device = pick_device(config.embedding.device)
     return MaterializeResult(
         metadata={
             "texts": texts.height,

@@ -5,11 +5,11 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
-from ..core.embed import cache_key, normalise_rows
+from ..core.embed import normalise_rows
 from ..core.ingest import content_hash
 from ..core.project import project
 from ..core.run_config import stable_hash
-from ..core.storage import find_projection, partition_vectors, read_partition
+from ..core.storage import find_projection, partition_model, partition_vectors, read_partition
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, stage, write_result
 
@@ -27,7 +27,7 @@ def projections(
         input_hash = stable_hash(
             {
                 "texts": content_hash(rows),
-                "model": cache_key(config.embedding),
+                "model": partition_model(conn, part)[0],
                 "normalize": config.embedding.normalize,
                 "projection": config.projection.model_dump(mode="json"),
             }
@@ -40,12 +40,14 @@ def projections(
             write_result(conn, context, part, config, {"projections": frame}, input_hash)
         method = f"reused from {source.dataset}|{source.run_config}"
     else:
+        first_row = rows.with_row_index("i").select(pl.col("i").min().over("text_hash"))
+        first = np.flatnonzero(rows["text_hash"].is_first_distinct().to_numpy())
+        inverse = np.searchsorted(first, first_row.to_series().to_numpy())
+        distinct = vectors[first]
+        del vectors
         if config.embedding.normalize:
-            vectors = normalise_rows(vectors)
-        _, first, inverse = np.unique(
-            rows["text_hash"].to_numpy(), return_index=True, return_inverse=True
-        )
-        result = project(vectors[first], config.projection)
+            distinct = normalise_rows(distinct)
+        result = project(distinct, config.projection)
         frame = rows.select("row_idx").with_columns(
             cluster_space=pl.Series(
                 result.cluster_space[inverse],

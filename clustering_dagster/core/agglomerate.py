@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .embed import normalise_rows
+from .embed import normalise_rows, unit_batches
 
 # A cut snaps to a gap in the join costs only within this factor of the target number of nodes.
 GAP_RANGE = 2.0
@@ -38,12 +38,14 @@ class Tree:
 
 def cluster_directions(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Unit direction of each cluster's mean embedding (ids 0..k-1) after centring all texts."""
-    unit = normalise_rows(vectors)
-    centred = unit - unit.mean(0)
+    from .cluster import cluster_sums
+
     k = int(labels.max()) + 1
     sums = np.zeros((k, vectors.shape[1]), np.float64)
-    np.add.at(sums, labels, centred)
-    return normalise_rows(sums)
+    for start, unit in unit_batches(vectors):
+        sums += cluster_sums(unit, labels[start : start + len(unit)], k)
+    mean = sums.sum(0) / len(labels)
+    return normalise_rows(sums - np.bincount(labels, minlength=k)[:, None] * mean)
 
 
 def _squared_distances(points: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@ built by merging the clusters below them (or fitted too, then nested), coarse to
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import pairwise
 
 import numpy as np
 
@@ -30,6 +31,10 @@ class Level:
 
 # A size given as a share of the texts is never below this many texts.
 MIN_SHARE_BASED_SIZE = 5
+# HDBSCAN is fitted on at most this many points; the others join their nearest fitted point.
+MAX_HDBSCAN_POINTS = 100_000
+# Points compared with the centroids at a time.
+BATCH_ROWS = 100_000
 
 
 def min_cluster_size(level: LevelConfig, n: int) -> int:
@@ -40,24 +45,39 @@ def min_cluster_size(level: LevelConfig, n: int) -> int:
     return int(max(2, min(size, n)))
 
 
+def cluster_sums(space: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per cluster id 0..k-1, the sum of its rows (float64), by one sparse product."""
+    from scipy import sparse
+
+    members = sparse.csr_matrix(
+        (np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels))
+    )
+    return np.asarray(members @ space, dtype=np.float64)
+
+
 def _centroids(space: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    sums = np.zeros((k, space.shape[1]), np.float64)
-    np.add.at(sums, labels, space)
-    return sums / np.bincount(labels, minlength=k)[:, None]
+    return cluster_sums(space, labels, k) / np.bincount(labels, minlength=k)[:, None]
 
 
 def _nearest_with_margin(space: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid per point, and 1 - d1/d2 (0: halfway between two, 1: on its centroid)."""
-    dist = np.sqrt(
-        np.maximum((space**2).sum(1)[:, None] - 2 * space @ centroids.T + (centroids**2).sum(1), 0)
-    )
-    order = np.argsort(dist, axis=1)[:, :2]
-    nearest = order[:, 0]
-    if centroids.shape[0] == 1:
-        return nearest, np.ones(len(space), np.float32)
-    d1 = dist[np.arange(len(space)), nearest]
-    d2 = dist[np.arange(len(space)), order[:, 1]]
-    return nearest, (1 - d1 / np.where(d2 == 0, 1, d2)).astype(np.float32)
+    """Nearest centroid per point, and 1 - d1/d2 (0: halfway between two, 1: on its centroid),
+    BATCH_ROWS points at a time."""
+    nearest = np.empty(len(space), np.int64)
+    margin = np.ones(len(space), np.float32)
+    for start in range(0, len(space), BATCH_ROWS):
+        rows = space[start : start + BATCH_ROWS]
+        dist = np.sqrt(
+            np.maximum(
+                (rows**2).sum(1)[:, None] - 2 * rows @ centroids.T + (centroids**2).sum(1), 0
+            )
+        )
+        order = np.argsort(dist, axis=1)[:, :2]
+        nearest[start : start + len(rows)] = order[:, 0]
+        if centroids.shape[0] > 1:
+            d1 = dist[np.arange(len(rows)), order[:, 0]]
+            d2 = dist[np.arange(len(rows)), order[:, 1]]
+            margin[start : start + len(rows)] = 1 - d1 / np.where(d2 == 0, 1, d2)
+    return nearest, margin
 
 
 def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
@@ -69,29 +89,38 @@ def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
 
 
 def _hdbscan(space: np.ndarray, level: LevelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HDBSCAN on at most MAX_HDBSCAN_POINTS points (a random sample, its minimum cluster size
+    scaled to it); every other point takes the cluster and probability of its nearest fitted
+    point. Noise goes to the nearest centroid."""
     import hdbscan
 
-    size = min_cluster_size(level, len(space))
-    if len(space) <= size:  # no room for two clusters: everything is one
-        return (
-            np.zeros(len(space), np.int32),
-            np.ones(len(space), np.float32),
-            np.zeros(len(space), bool),
-        )
+    n = len(space)
+    size = min_cluster_size(level, n)
+    if n <= size:  # no room for two clusters: everything is one
+        return np.zeros(n, np.int32), np.ones(n, np.float32), np.zeros(n, bool)
+    fit = np.arange(n)
+    if n > MAX_HDBSCAN_POINTS:
+        fit = np.sort(np.random.default_rng(0).choice(n, MAX_HDBSCAN_POINTS, replace=False))
+        size = max(2, round(size * len(fit) / n))
     model = hdbscan.HDBSCAN(
         min_cluster_size=size,
         min_samples=min(level.min_samples, size) if level.min_samples else None,
         cluster_selection_method=level.cluster_selection_method,
         core_dist_n_jobs=1,
-    ).fit(space)
-    labels = model.labels_.astype(np.int32)
+    ).fit(space[fit])
+    labels, probabilities = model.labels_.astype(np.int32), model.probabilities_
+    if len(fit) < n:
+        from sklearn.neighbors import KDTree
+
+        nearest = KDTree(space[fit]).query(space, k=1, return_distance=False)[:, 0]
+        labels, probabilities = labels[nearest], probabilities[nearest]
     noise = labels < 0
     if noise.all():
-        return np.zeros(len(space), np.int32), np.zeros(len(space), np.float32), noise
+        return np.zeros(n, np.int32), np.zeros(n, np.float32), noise
     nearest, margin = _nearest_with_margin(
         space, _centroids(space[~noise], labels[~noise], labels.max() + 1)
     )
-    membership = np.where(noise, margin, model.probabilities_).astype(np.float32)
+    membership = np.where(noise, margin, probabilities).astype(np.float32)
     return np.where(noise, nearest, labels).astype(np.int32), membership, noise
 
 
@@ -112,7 +141,9 @@ def _fit_level(space, level: LevelConfig, seed) -> tuple[np.ndarray, np.ndarray,
 
 def parents(child: np.ndarray, parent: np.ndarray) -> dict[int, int]:
     """For each child cluster id, the parent cluster id holding most of its texts."""
-    pairs, counts = np.unique(np.stack([child, parent]), axis=1, return_counts=True)
+    width = int(parent.max()) + 1
+    codes, counts = np.unique(child.astype(np.int64) * width + parent, return_counts=True)
+    pairs = np.stack([codes // width, codes % width])
     order = np.lexsort((-counts, pairs[0]))  # by child, the largest overlap first
     chosen: dict[int, int] = {}
     for c, p in pairs[:, order].T.tolist():
@@ -190,11 +221,18 @@ def embedding_centroids(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unit centroid per cluster id 0..k-1 in embedding space, and each cluster's radius (the
     `RADIUS_QUANTILE` quantile of its members' cosine distance to the centroid)."""
-    from .embed import normalise_rows
+    from .embed import normalise_rows, unit_batches
 
-    unit = normalise_rows(embeddings)
     k = int(labels.max()) + 1
-    centroids = normalise_rows(_centroids(unit, labels, k))
-    distance = 1 - np.einsum("ij,ij->i", unit, centroids[labels])
-    radius = np.array([np.quantile(distance[labels == c], RADIUS_QUANTILE) for c in range(k)])
-    return centroids.astype(np.float32), radius.astype(np.float32)
+    sums = np.zeros((k, embeddings.shape[1]))
+    for start, unit in unit_batches(embeddings):
+        sums += cluster_sums(unit, labels[start : start + len(unit)], k)
+    centroids = normalise_rows(sums).astype(np.float32)
+    distance = np.empty(len(labels), np.float32)
+    for start, unit in unit_batches(embeddings):
+        mine = labels[start : start + len(unit)]
+        distance[start : start + len(unit)] = 1 - np.einsum("ij,ij->i", unit, centroids[mine])
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(k + 1))
+    radius = [np.quantile(distance[order[a:b]], RADIUS_QUANTILE) for a, b in pairwise(bounds)]
+    return centroids, np.asarray(radius, np.float32)

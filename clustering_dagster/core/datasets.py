@@ -14,7 +14,7 @@ import yaml
 from .errors import InputError
 
 DATA_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
-SPEC_FIELDS = {"text_column", "id_column", "metadata_columns", "label_column"}
+SPEC_FIELDS = {"text_column", "id_column", "metadata_columns", "label_column", "embedding_column"}
 
 
 def slugify(name: str) -> str:
@@ -36,6 +36,7 @@ class DatasetSpec:
     id_column: str | None = None
     metadata_columns: tuple[str, ...] = ()
     label_column: str | None = None
+    embedding_column: str | None = None  # Parquet only: the dataset brings its own vectors
     files: tuple[Path, ...] = field(default=())
 
 
@@ -85,6 +86,7 @@ def _spec_for(path: Path) -> DatasetSpec:
         id_column=spec.get("id_column"),
         metadata_columns=tuple(spec.get("metadata_columns") or ()),
         label_column=spec.get("label_column"),
+        embedding_column=spec.get("embedding_column"),
         files=_data_files(path),
     )
 

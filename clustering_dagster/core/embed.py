@@ -40,13 +40,14 @@ def _model_location(model: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def _sentence_transformer(model: str, device: str):
+def _sentence_transformer(model: str, device: str, half: bool = False):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
     try:
-        return SentenceTransformer(_model_location(model), device=device)
+        loaded = SentenceTransformer(_model_location(model), device=device)
+        return loaded.half() if half else loaded
     except OSError as err:
         raise InputError(
             f"embedding model {model!r} is neither an installed package nor a local folder nor in "
@@ -54,8 +55,14 @@ def _sentence_transformer(model: str, device: str):
         ) from err
 
 
+def half_precision(config: EmbeddingConfig, device: str) -> bool:
+    """Whether the model runs in float16: asked for, or `auto` on a CUDA GPU."""
+    return config.precision == "float16" or (config.precision == "auto" and device == "cuda")
+
+
 def _local_encoder(config: EmbeddingConfig) -> Encoder:
-    model = _sentence_transformer(config.model, pick_device(config.device))
+    device = pick_device(config.device)
+    model = _sentence_transformer(config.model, device, half_precision(config, device))
 
     def encode(texts: Sequence[str]) -> np.ndarray:
         vectors = model.encode(
@@ -89,6 +96,16 @@ def make_encoder(config: EmbeddingConfig) -> Encoder:
     if config.backend == "litellm":
         return _litellm_encoder(config)
     return _local_encoder(config)
+
+
+# Rows normalised at a time when a large matrix is read as unit vectors without a full copy.
+UNIT_BATCH_ROWS = 65_536
+
+
+def unit_batches(vectors: np.ndarray):
+    """(start row, unit float32 rows) for consecutive batches of `vectors`."""
+    for start in range(0, len(vectors), UNIT_BATCH_ROWS):
+        yield start, normalise_rows(vectors[start : start + UNIT_BATCH_ROWS]).astype(np.float32)
 
 
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:

@@ -42,26 +42,38 @@ def _decode(path: Path) -> tuple[str, int]:
         return text, text.count("\ufffd") - raw.decode("utf-8-sig", errors="ignore").count("\ufffd")
 
 
-def _read_file(path: Path, text_column: str) -> tuple[pl.DataFrame, int]:
+def _read_file(path: Path, spec: DatasetSpec) -> tuple[pl.DataFrame, int, list[str]]:
+    """The file's rows (of a Parquet file only the columns the spec names, so a vector column is
+    not read here), the undecodable bytes replaced, and every column the file has."""
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
+    if spec.embedding_column is not None and path.suffix != ".parquet":
+        raise InputError(
+            f"{path}: embedding_column {spec.embedding_column!r} needs Parquet files (a list or "
+            f"array column of floats), not {path.suffix[1:]}"
+        )
     text, bad = ("", 0) if path.suffix == ".parquet" else _decode(path)
+    text_column = spec.text_column
     try:
         if path.suffix == ".parquet":
-            frame = pl.read_parquet(path)
+            columns = list(pl.read_parquet_schema(path))
+            wanted = {text_column, spec.id_column, spec.label_column, *spec.metadata_columns}
+            frame = pl.read_parquet(path, columns=[c for c in columns if c in wanted])
         elif path.suffix == ".csv":
             frame = pl.read_csv(io.StringIO(text), infer_schema=False)
         else:
             frame = pl.read_ndjson(io.StringIO(text), infer_schema_length=None)
     except Exception as err:  # polars raises several error types for malformed files
         raise InputError(f"{path}: cannot be read as {path.suffix[1:]} ({err})") from err
+    if path.suffix != ".parquet":
+        columns = frame.columns
     if path.suffix in (".jsonl", ".ndjson"):
         _require_json_strings(text, path, text_column)
     elif text_column in frame.columns and frame[text_column].dtype not in (pl.String, pl.Null):
         raise InputError(
             f"{path}: column {text_column!r} holds {frame[text_column].dtype} values, not text"
         )
-    return frame, bad
+    return frame, bad, columns
 
 
 def _require_json_strings(text: str, path: Path, column: str) -> None:
@@ -76,17 +88,18 @@ def _require_json_strings(text: str, path: Path, column: str) -> None:
             )
 
 
-def _require_columns(frame: pl.DataFrame, path: Path, spec: DatasetSpec) -> None:
+def _require_columns(columns: list[str], path: Path, spec: DatasetSpec) -> None:
     wanted = {
         "text_column": spec.text_column,
         "id_column": spec.id_column,
         "label_column": spec.label_column,
+        "embedding_column": spec.embedding_column,
     }
     wanted |= {f"metadata_columns[{i}]": c for i, c in enumerate(spec.metadata_columns)}
     for role, column in wanted.items():
-        if column is not None and column not in frame.columns:
+        if column is not None and column not in columns:
             raise InputError(
-                f"{path}: no column {column!r} ({role}); its columns are {frame.columns}. "
+                f"{path}: no column {column!r} ({role}); its columns are {columns}. "
                 f"Set {role} in {spec.path.with_suffix('').name}.yaml beside the dataset."
             )
 
@@ -113,6 +126,11 @@ def _normalise(frame: pl.DataFrame, path: Path, spec: DatasetSpec, root: Path) -
     )
 
 
+def clean_text(text: pl.Expr) -> pl.Expr:
+    """Whitespace runs as one space, none at either end: the text that is hashed and clustered."""
+    return text.str.replace_all(r"\s+", " ").str.strip_chars()
+
+
 def text_hash(texts: pl.Series) -> pl.Series:
     """Stable content hash per text (blake2b-128, hex): the embedding cache key."""
     digests = [hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts.to_list()]
@@ -126,17 +144,17 @@ def load_texts(spec: DatasetSpec) -> tuple[pl.DataFrame, IngestReport]:
     frames, bad = [], 0
     root = spec.path if spec.path.is_dir() else spec.path.parent
     for path in spec.files:
-        frame, bad_bytes = _read_file(path, spec.text_column)
+        frame, bad_bytes, columns = _read_file(path, spec)
         if frame.height == 0:
             raise InputError(f"{path}: the file has a header but no rows")
-        _require_columns(frame, path, spec)
+        _require_columns(columns, path, spec)
         frames.append(_normalise(frame, path, spec, root))
         bad += bad_bytes
     texts = pl.concat(frames)
     rows_read = texts.height
-    texts = texts.with_columns(
-        pl.col("text").str.replace_all(r"\s+", " ").str.strip_chars()
-    ).filter(pl.col("text").is_not_null() & (pl.col("text") != ""))
+    texts = texts.with_columns(clean_text(pl.col("text"))).filter(
+        pl.col("text").is_not_null() & (pl.col("text") != "")
+    )
     if texts.height == 0:
         raise InputError(
             f"{spec.path}: column {spec.text_column!r} holds no non-empty text in {rows_read} rows"

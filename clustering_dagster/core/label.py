@@ -17,6 +17,7 @@ import numpy as np
 from scipy import sparse
 
 from .embed import normalise_rows
+from .errors import InputError
 from .keyphrases import class_tfidf, drop_contained, phrase_matrix, select_mmr
 from .run_config import LabelerConfig
 
@@ -62,6 +63,25 @@ def central_examples(
                 break
         examples.append(tuple(picked))
     return examples
+
+
+# A cluster keeps at least this many of its texts (or all it has) in the sample labels come from.
+MIN_SAMPLED_PER_CLUSTER = 50
+
+
+def label_sample(finest: np.ndarray, budget: int, seed: int = 0) -> np.ndarray:
+    """The rows labels are drawn from, in order: all of them up to `budget`; beyond it, from every
+    cluster of the finest level (whose unions are the clusters of every level) a random share
+    budget / n of its texts, at least MIN_SAMPLED_PER_CLUSTER."""
+    n = len(finest)
+    if n <= budget:
+        return np.arange(n)
+    order = np.lexsort((np.random.default_rng(seed).random(n), finest))
+    _, starts, sizes = np.unique(finest[order], return_index=True, return_counts=True)
+    quota = np.maximum(np.ceil(sizes * budget / n), np.minimum(sizes, MIN_SAMPLED_PER_CLUSTER))
+    return np.sort(
+        np.concatenate([order[s : s + int(q)] for s, q in zip(starts, quota, strict=True)])
+    )
 
 
 # Unit vectors of short texts, from the run's embedding model.
@@ -139,6 +159,12 @@ class KeywordLabeler:
             if self.embed is not None:
                 centroid = normalise_rows(unit[level.labels == cluster].mean(0, keepdims=True))[0]
                 vectors = np.stack([self._vectors[name] for name in names])
+                if vectors.shape[1] != len(centroid):
+                    raise InputError(
+                        f"the run configuration's embedding model makes {vectors.shape[1]}-d "
+                        f"vectors, the texts' vectors are {len(centroid)}-d: name the model that "
+                        "made the dataset's vectors in its `embedding` settings"
+                    )
                 relevance = (1 - SIMILARITY_WEIGHT) * relevance + SIMILARITY_WEIGHT * (
                     vectors @ centroid
                 )

@@ -1,4 +1,10 @@
-"""Projections: UMAP into a low-dimensional cluster space and a 2-D map, optional PCA first."""
+"""Projections: UMAP into a low-dimensional cluster space and a 2-D map, optional PCA first.
+
+Up to `fit_sample` points are projected by UMAP itself. Past that, PCA and both UMAPs are fitted
+on a random sample of that many points, and every other point is placed at the distance-weighted
+mean of the positions of its nearest sample points (in the PCA space), batch by batch: the cost
+grows linearly with the number of points beyond the sample.
+"""
 
 import warnings
 from dataclasses import dataclass
@@ -12,6 +18,13 @@ MIN_POINTS_FOR_UMAP = 16
 # Up to this many points the neighbour graph is exact (brute force, seconds) instead of
 # pynndescent's approximation, whose numba compilation alone costs ~30 s in every new process.
 MAX_POINTS_FOR_EXACT_NEIGHBOURS = 50_000
+# Sample points whose positions are averaged to place a point outside the sample.
+PLACEMENT_NEIGHBOURS = 10
+# Points placed (or projected by PCA) per batch, which bounds the memory of a batch.
+BATCH_ROWS = 50_000
+# The placement's neighbour index: sample points per cell, and cells searched per point.
+ANCHORS_PER_CELL = 100
+CELLS_SEARCHED = 8
 
 
 @dataclass(frozen=True)
@@ -21,11 +34,11 @@ class Projection:
     method: str
 
 
-def _pca(vectors: np.ndarray, n_components: int) -> np.ndarray:
+def _pca(vectors: np.ndarray, n_components: int):
+    """An unfitted PCA of at most n_components for these vectors."""
     from sklearn.decomposition import PCA
 
-    n_components = min(n_components, *vectors.shape)
-    return PCA(n_components=n_components, random_state=0).fit_transform(vectors)
+    return PCA(n_components=min(n_components, *vectors.shape), random_state=0)
 
 
 def _pad(coords: np.ndarray, width: int) -> np.ndarray:
@@ -35,7 +48,9 @@ def _pad(coords: np.ndarray, width: int) -> np.ndarray:
 
 
 def _small_projection(vectors: np.ndarray, config: ProjectionConfig) -> Projection:
-    coords = _pca(vectors, config.n_components) if len(vectors) > 1 else vectors
+    coords = (
+        _pca(vectors, config.n_components).fit_transform(vectors) if len(vectors) > 1 else vectors
+    )
     return Projection(_pad(coords, config.n_components), _pad(coords, 2), "pca")
 
 
@@ -59,29 +74,82 @@ def neighbours(
     return indices, distances
 
 
+def features(vectors: np.ndarray, sample: np.ndarray, config: ProjectionConfig) -> np.ndarray:
+    """What UMAP sees: the vectors, or their PCA projection fitted on the sample, float32."""
+    if not config.pca_components or config.pca_components >= vectors.shape[1]:
+        return vectors.astype(np.float32, copy=False)
+    if len(sample) == len(vectors):
+        return _pca(vectors, config.pca_components).fit_transform(vectors).astype(np.float32)
+    pca = _pca(vectors[sample], config.pca_components).fit(vectors[sample])
+    out = np.empty((len(vectors), pca.n_components_), np.float32)
+    for start in range(0, len(vectors), BATCH_ROWS):
+        out[start : start + BATCH_ROWS] = pca.transform(vectors[start : start + BATCH_ROWS])
+    return out
+
+
+def place(
+    points: np.ndarray, anchors: np.ndarray, positions: list[np.ndarray], k: int
+) -> list[np.ndarray]:
+    """Each point at the inverse-distance-weighted mean of `positions` (one array per space) of
+    its k nearest `anchors`, found by an inverted-file index (faiss; 99.6% of the exact
+    neighbours on MiniLM vectors), in batches."""
+    import faiss
+
+    k = min(k, len(anchors))
+    quantiser = faiss.IndexFlatL2(anchors.shape[1])
+    index = faiss.IndexIVFFlat(
+        quantiser, anchors.shape[1], max(1, len(anchors) // ANCHORS_PER_CELL)
+    )
+    index.train(anchors)
+    index.add(anchors)
+    index.nprobe = CELLS_SEARCHED
+    placed = [np.empty((len(points), p.shape[1]), np.float32) for p in positions]
+    for start in range(0, len(points), BATCH_ROWS):
+        squared, nearest = index.search(np.ascontiguousarray(points[start : start + BATCH_ROWS]), k)
+        found = nearest >= 0  # a point whose searched cells hold fewer than k anchors
+        weights = np.where(found, 1 / np.maximum(np.sqrt(np.maximum(squared, 0)), 1e-6), 0)
+        weights /= weights.sum(1, keepdims=True)
+        nearest = np.where(found, nearest, 0)
+        for out, position in zip(placed, positions, strict=True):
+            out[start : start + len(nearest)] = np.einsum("ij,ijd->id", weights, position[nearest])
+    return placed
+
+
 def project(vectors: np.ndarray, config: ProjectionConfig) -> Projection:
-    """Project distinct vectors into the cluster space and the 2-D map."""
+    """Project distinct vectors into the cluster space and the 2-D map: by UMAP up to
+    `config.fit_sample` points, beyond that UMAP on a random sample and the rest placed by it."""
     if len(vectors) < MIN_POINTS_FOR_UMAP:
         return _small_projection(vectors, config)
     import umap
 
-    features = vectors.astype(np.float32)
-    if config.pca_components and config.pca_components < vectors.shape[1]:
-        features = _pca(features, config.pca_components).astype(np.float32)
-    n_neighbors = min(config.n_neighbors, len(vectors) - 1)
+    n = len(vectors)
+    sample = np.arange(n)
+    if n > config.fit_sample:
+        rng = np.random.default_rng(config.random_state)
+        sample = np.sort(rng.choice(n, config.fit_sample, replace=False))
+    space = features(vectors, sample, config)
+    fitted = space[sample]
+    n_neighbors = min(config.n_neighbors, len(sample) - 1)
     common = dict(
         n_neighbors=n_neighbors,
         metric="euclidean",
         random_state=config.random_state,
         n_jobs=1 if config.random_state is not None else -1,
-        precomputed_knn=neighbours(features, n_neighbors, config.random_state),
+        precomputed_knn=neighbours(fitted, n_neighbors, config.random_state),
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(knn_search_index|transform).*")
         cluster_space = umap.UMAP(
             n_components=config.n_components, min_dist=config.min_dist, **common
-        ).fit_transform(features)
+        ).fit_transform(fitted)
         map_2d = umap.UMAP(n_components=2, min_dist=config.map_min_dist, **common).fit_transform(
-            features
+            fitted
         )
-    return Projection(cluster_space.astype(np.float32), map_2d.astype(np.float32), "umap")
+    if len(sample) == n:
+        return Projection(cluster_space.astype(np.float32), map_2d.astype(np.float32), "umap")
+    rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
+    out = [np.empty((n, p.shape[1]), np.float32) for p in (cluster_space, map_2d)]
+    placed = place(space[rest], fitted, [cluster_space, map_2d], PLACEMENT_NEIGHBOURS)
+    for whole, fit, rest_coords in zip(out, (cluster_space, map_2d), placed, strict=True):
+        whole[sample], whole[rest] = fit, rest_coords
+    return Projection(out[0], out[1], f"umap on a sample of {len(sample)}, the rest placed")

@@ -24,6 +24,9 @@ class EmbeddingConfig(StrictModel):
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     device: str = "auto"
     batch_size: int = Field(64, ge=1)
+    precision: Literal["auto", "float32", "float16"] = Field(
+        "auto", description="auto: float16 on a CUDA GPU, float32 elsewhere"
+    )
     normalize: bool = True
     api_base: str | None = None
 
@@ -35,6 +38,12 @@ class ProjectionConfig(StrictModel):
     min_dist: float = Field(0.0, ge=0.0)
     map_min_dist: float = Field(0.1, ge=0.0)
     random_state: int | None = None
+    fit_sample: int = Field(
+        25_000,
+        ge=100,
+        description="UMAP is fitted on at most this many distinct texts, drawn at random; the "
+        "others are placed by their nearest sampled texts",
+    )
 
 
 # The fields each clustering method reads; any other method's field given on a level is an error.
@@ -156,6 +165,12 @@ class LabelerConfig(StrictModel):
     kind: Literal["keywords", "llm"] = "keywords"
     n_keywords: int = Field(8, ge=1)
     n_examples: int = Field(5, ge=1)
+    max_texts: int = Field(
+        100_000,
+        ge=1000,
+        description="keyword labels are drawn from at most about this many texts, a random share "
+        "of every cluster",
+    )
     summaries: dict[str, LLMSettings] = Field(
         default_factory=dict, description="kind llm: summary runs by alias, kept side by side"
     )

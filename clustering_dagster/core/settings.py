@@ -30,3 +30,8 @@ def operations_path() -> Path:
 def lock_timeout_s() -> float:
     """Seconds a writer waits for a DuckDB file another process holds (default 300)."""
     return float(os.environ.get("CLUSTERING_LOCK_TIMEOUT_S", 300))
+
+
+def executor_name() -> str:
+    """How a run executes its steps: in_process (default), multiprocess, k8s or celery."""
+    return os.environ.get("CLUSTERING_EXECUTOR", "in_process")

@@ -1,0 +1,186 @@
+"""Large data: datasets that bring their own vectors, the sampled projection, labels from a
+share of every cluster, and a backfill of several partitions run by the multiprocess executor."""
+
+import os
+import subprocess
+import sys
+import time
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from clustering_dagster.assets import embeddings, raw_texts
+from clustering_dagster.core.dataset_vectors import dataset_vectors
+from clustering_dagster.core.datasets import find_dataset
+from clustering_dagster.core.embed import half_precision, make_encoder, normalise_rows
+from clustering_dagster.core.errors import InputError
+from clustering_dagster.core.label import label_sample
+from clustering_dagster.core.project import project
+from clustering_dagster.core.run_config import EmbeddingConfig, ProjectionConfig
+
+from .conftest import banking_slice, metadata
+
+DIM = 8
+
+
+def vector_table(texts: list[str], vectors) -> pa.Table:
+    dim = len(vectors[0]) if len(vectors) else DIM
+    flat = pa.array(np.asarray(vectors, np.float32).ravel())
+    return pa.table(
+        {"text": texts, "vec": pa.FixedSizeListArray.from_arrays(flat, dim)},
+    )
+
+
+def blobs(n: int, centres: int, seed: int = 0, dim: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Points around `centres` well separated unit directions, and their centre."""
+    rng = np.random.default_rng(seed)
+    directions = np.linalg.qr(rng.normal(size=(dim, dim)))[0][:centres]
+    truth = rng.integers(0, centres, n)
+    points = directions[truth] + rng.normal(0, 0.08 * np.sqrt(32 / dim), (n, dim))
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32), truth
+
+
+def test_dataset_vectors_are_stored_instead_of_encoded(workspace):
+    texts = banking_slice(4)["text"].to_list()
+    vectors = np.random.default_rng(1).normal(size=(len(texts), DIM)).astype(np.float32)
+    texts[1] = "  " + texts[0] + " "  # the same text after whitespace is normalised
+    pq.write_table(vector_table(texts, vectors), workspace.datasets / "own.parquet")
+    (workspace.datasets / "own.yaml").write_text("embedding_column: vec\n")
+    result = workspace.materialize("own", assets=[raw_texts, embeddings])
+    meta = metadata(result, "embeddings")
+    assert meta["newly_embedded"] == len(texts) - 1
+    assert meta["dimensions"] == DIM and meta["device"].startswith("none")
+    stored = workspace.sql(
+        "SELECT t.row_idx, s.embedding FROM clustering.embeddings e JOIN clustering.texts t "
+        "USING (dataset, run_config, row_idx) JOIN clustering.embedding_store_8 s "
+        "ON s.model = e.model AND s.text_hash = e.text_hash ORDER BY t.row_idx"
+    )
+    matrix = np.stack(stored["embedding"].to_list())
+    assert np.allclose(matrix[1], vectors[0]) and np.allclose(matrix[2:], vectors[2:])
+    again = workspace.materialize("own", assets=[raw_texts, embeddings])
+    assert metadata(again, "embeddings")["newly_embedded"] == 0
+
+
+@pytest.mark.parametrize(
+    ("vectors", "message"),
+    [
+        ([[1.0] * DIM, [1.0] * (DIM - 1)], "row 2: a 7-d vector where the others are 8-d"),
+        ([[1.0] * DIM, [float("nan")] * DIM], "row 2: a value is NaN, null or infinite"),
+        ([[1.0] * DIM, None], "row 2: no vector"),
+        (["a", "b"], "holds string, not a list of floats per row"),
+    ],
+)
+def test_bad_vectors_are_named_by_file_column_and_row(tmp_path, vectors, message):
+    table = pa.table({"text": ["one", "two"], "vec": vectors})
+    pq.write_table(table, tmp_path / "bad.parquet")
+    (tmp_path / "bad.yaml").write_text("embedding_column: vec\n")
+    with pytest.raises(InputError, match="bad.parquet: column 'vec'") as err:
+        list(dataset_vectors(find_dataset(tmp_path, "bad")))
+    assert message in str(err.value)
+
+
+def test_vectors_need_parquet(workspace):
+    workspace.add_dataset("flat", banking_slice(2), spec="embedding_column: vec\n")
+    result = workspace.materialize("flat", assets=[raw_texts], raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "embedding_column 'vec' needs Parquet files" in failure
+
+
+def test_projection_fits_a_sample_and_places_the_rest():
+    points, truth = blobs(1200, 6)
+    config = ProjectionConfig(pca_components=None, n_neighbors=15, fit_sample=300, random_state=3)
+    result = project(points, config)
+    assert result.method == "umap on a sample of 300, the rest placed"
+    assert result.cluster_space.shape == (1200, 5) and result.map_2d.shape == (1200, 2)
+    centres = np.stack([result.cluster_space[truth == c].mean(0) for c in range(6)])
+    nearest = np.argmin(((result.cluster_space[:, None] - centres) ** 2).sum(-1), 1)
+    assert (nearest == truth).mean() > 0.99  # placed points land in their own blob
+
+
+def test_labels_come_from_a_share_of_every_cluster():
+    finest = np.repeat(np.arange(4), [10_000, 5_000, 60, 3])
+    rows = label_sample(finest, budget=2_000)
+    counts = np.bincount(finest[rows], minlength=4)
+    assert counts[0] == 1_328 and counts[1] == 664  # 2,000 / 15,063 of each, rounded up
+    assert counts[2] == 50 and counts[3] == 3  # at least 50 of a cluster, or all it has
+    assert np.all(np.diff(rows) > 0)
+    assert np.array_equal(label_sample(finest[:20], budget=2_000), np.arange(20))
+
+
+def test_backfill_with_the_multiprocess_executor(tmp_path):
+    """`dagster job backfill` of two partitions; every run executes its steps in separate
+    processes (CLUSTERING_EXECUTOR=multiprocess), the runs at the same time. The vectors have
+    MiniLM's 384 dimensions: the labeler embeds its phrases with the run configuration's model."""
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    names = ["part_a", "part_b"]
+    for i, name in enumerate(names):
+        points, _ = blobs(12, 3, seed=i, dim=384)
+        texts = banking_slice(1)["text"].to_list()[:12]
+        pq.write_table(vector_table(texts, points), datasets / f"{name}.parquet")
+        (datasets / f"{name}.yaml").write_text("embedding_column: vec\n")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    # no daemon here: runs are launched as the backfill submits them (dagster dev queues them)
+    (home / "dagster.yaml").write_text(
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n"
+        "  class: DefaultRunCoordinator\ntelemetry:\n  enabled: false\n"
+    )
+    env = os.environ | {
+        "DAGSTER_HOME": str(home),
+        "CLUSTERING_EXECUTOR": "multiprocess",
+        "CLUSTERING_DATASETS_DIR": str(datasets),
+        "CLUSTERING_DUCKDB_PATH": str(tmp_path / "results.duckdb"),
+        "CLUSTERING_RUN_CONFIGS": str(tmp_path / "run_configs.yaml"),
+    }
+    (tmp_path / "run_configs.yaml").write_text(
+        "default:\n  levels:\n    - {name: top, method: merge, n_clusters: 2}\n"
+        "    - {name: fine, method: kmeans, k: 3}\n"
+    )
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("dataset", names)
+    keys = ",".join(f"{name}|default" for name in names)
+    command = [
+        sys.executable, "-m", "dagster", "job", "backfill", "-m", "clustering_dagster.definitions",
+        "-j", "cluster_texts", "--partitions", keys, "--noprompt",
+    ]  # fmt: skip
+    # the command returns once its code server has seen the runs it launched finish
+    launched = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert "Launched backfill job" in launched.stdout, launched.stdout + launched.stderr
+    with DagsterInstance.from_config(str(home)) as instance:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            runs = instance.get_runs(RunsFilter(job_name="cluster_texts"))
+            if len(runs) == 2 and all(run.is_finished for run in runs):
+                break
+            time.sleep(1)
+        assert [run.status for run in runs] == [DagsterRunStatus.SUCCESS] * 2
+        pids = set()
+        for run in runs:
+            assert run.tags["dagster/backfill"]
+            events = instance.all_logs(run.run_id)
+            pids |= {e.dagster_event.pid for e in events if e.dagster_event and e.step_key}
+        assert len(pids) > 2 * 3  # one process per step, several steps per run
+    with duckdb.connect(env["CLUSTERING_DUCKDB_PATH"], read_only=True) as conn:
+        published = conn.execute(
+            "SELECT dataset, count(*) FROM clustering.hierarchy GROUP BY 1"
+        ).pl()
+    assert sorted(published["dataset"]) == names
+
+
+def test_float16_encoding_path():
+    """precision float16 (auto picks it on CUDA) runs the model in half precision; on this CPU
+    the same code path gives vectors within rounding of float32 ones."""
+    texts = ["my card has not arrived", "how do I top up by cheque?"]
+    full = make_encoder(EmbeddingConfig(device="cpu"))(texts)
+    half = make_encoder(EmbeddingConfig(device="cpu", precision="float16"))(texts)
+    assert half.dtype == np.float32
+    assert np.allclose(normalise_rows(half), normalise_rows(full), atol=2e-2)
+    assert half_precision(EmbeddingConfig(), "cuda") and not half_precision(
+        EmbeddingConfig(), "cpu"
+    )
