@@ -533,7 +533,7 @@ def _stream_matrix(result, n: int, dim: int) -> np.ndarray:
     (no per-row Python objects, and never more than one batch besides the matrix)."""
     matrix = np.empty((n, dim), np.float32)
     start = 0
-    for batch in result.fetch_record_batch(VECTOR_BATCH_ROWS):
+    for batch in result.to_arrow_reader(VECTOR_BATCH_ROWS):
         values = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
         matrix[start : start + batch.num_rows] = values.reshape(batch.num_rows, dim)
         start += batch.num_rows
