@@ -5,6 +5,7 @@ LLM-merged tree `parent_1/3`), as `tree` prints it.
 """
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -34,10 +35,11 @@ from .output import (
 from .search import search
 
 
-def _tree(db: Path, dataset: str, run_config: str | None, alias: str | None):
+@contextmanager
+def _named_tree(db: Path, dataset: str, run_config: str | None, alias: str | None):
+    """A read-only connection and the partition's tree with its names."""
     with read_only(db) as conn:
-        part = resolve(conn, dataset, run_config)
-        return load_tree(conn, part, alias)
+        yield conn, load_tree(conn, resolve(conn, dataset, run_config), alias)
 
 
 @click.command()
@@ -99,8 +101,8 @@ def runs_command(db: Path, dataset, run_config, limit: int, as_json: bool) -> No
 @click.pass_obj
 def tree(db: Path, dataset, run_config, depth, alias, as_json: bool) -> None:
     """The cluster tree: sizes, shares and names, top level first."""
-    named = _tree(db, dataset, run_config, alias)
-    nodes = named.nodes
+    with _named_tree(db, dataset, run_config, alias) as (_, named):
+        nodes = named.nodes
     if depth is not None:
         nodes = nodes.filter(pl.col("level") < depth)
     if as_json:
@@ -131,9 +133,7 @@ def tree(db: Path, dataset, run_config, depth, alias, as_json: bool) -> None:
 @click.pass_obj
 def show(db: Path, dataset, cluster, run_config, alias, examples: int, as_json: bool) -> None:
     """One cluster: name, summary, keywords, size, parent, children, its most typical texts."""
-    with read_only(db) as conn:
-        part = resolve(conn, dataset, run_config)
-        named = load_tree(conn, part, alias)
+    with _named_tree(db, dataset, run_config, alias) as (conn, named):
         node = named.node(cluster)
         typical = node_texts(conn, named, cluster, examples).to_dicts() if examples else []
     parents = named.ancestors(cluster)
@@ -143,8 +143,8 @@ def show(db: Path, dataset, cluster, run_config, alias, examples: int, as_json: 
         return emit_json(
             {k: v for k, v in node.items() if k != "position"}
             | {
-                "dataset": part.dataset,
-                "run_config": part.run_config,
+                "dataset": named.part.dataset,
+                "run_config": named.part.run_config,
                 "names": named.names,
                 "parent": parents[0]["node_id"] if parents else None,
                 "path": [{k: p[k] for k in ("node_id", "name")} for p in [*parents[::-1], brief]],
@@ -154,7 +154,7 @@ def show(db: Path, dataset, cluster, run_config, alias, examples: int, as_json: 
         )
     say(f"{node['node_id']}  {node['name']}")
     say(
-        f"{part}, level {node['level_name']}: {node['size']} texts "
+        f"{named.part}, level {node['level_name']}: {node['size']} texts "
         f"({100 * node['share']:.1f}%), names: {named.names}"
     )
     say("path: " + " > ".join(f"{p['node_id']} {p['name']}" for p in [*parents[::-1], brief]))
@@ -184,9 +184,7 @@ def show(db: Path, dataset, cluster, run_config, alias, examples: int, as_json: 
 @click.pass_obj
 def texts(db: Path, dataset, cluster, run_config, alias, limit: int, as_json: bool) -> None:
     """The texts of a cluster, the most typical (nearest its centroid) first; --limit 0: all."""
-    with read_only(db) as conn:
-        part = resolve(conn, dataset, run_config)
-        named = load_tree(conn, part, alias)
+    with _named_tree(db, dataset, run_config, alias) as (conn, named):
         rows = node_texts(conn, named, cluster, limit or None).to_dicts()
     if as_json:
         return emit_json(rows)
@@ -215,9 +213,7 @@ def export(db: Path, dataset, run_config, alias, fmt, level, truncate, out) -> N
     row per text and its cluster at every level."""
     if fmt == "parquet" and out is None:
         raise InputError("parquet is binary: pass --out FILE")
-    with read_only(db) as conn:
-        part = resolve(conn, dataset, run_config)
-        named = load_tree(conn, part, alias)
+    with _named_tree(db, dataset, run_config, alias) as (conn, named):
         rows = text_names(conn, named)
     if fmt == "json":
         clusters = llm_cluster_json(named, rows, level, truncate)
