@@ -8,7 +8,7 @@ import polars as pl
 
 from .datasets import DatasetSpec
 from .errors import InputError
-from .ingest import clean_text, text_hash
+from .ingest import clean_texts, text_hash
 
 BATCH_ROWS = 65_536
 
@@ -71,12 +71,7 @@ def dataset_vectors(spec: DatasetSpec) -> Iterator[tuple[pl.Series, np.ndarray]]
             vectors = _matrix(batch.column(1), path, spec.embedding_column, row, dim)
             dim = vectors.shape[1]
             texts = pl.from_arrow(batch.column(0)).cast(pl.String)
-            frame = (
-                pl.DataFrame({"text": texts})
-                .with_row_index("i")
-                .with_columns(clean_text(pl.col("text")))
-            )
-            frame = frame.filter(pl.col("text").is_not_null() & (pl.col("text") != ""))
+            frame = clean_texts(pl.DataFrame({"text": texts}).with_row_index("i"))
             frame = frame.with_columns(text_hash=text_hash(frame["text"])).unique(
                 "text_hash", keep="first", maintain_order=True
             )

@@ -126,9 +126,12 @@ def _normalise(frame: pl.DataFrame, path: Path, spec: DatasetSpec, root: Path) -
     )
 
 
-def clean_text(text: pl.Expr) -> pl.Expr:
-    """Whitespace runs as one space, none at either end: the text that is hashed and clustered."""
-    return text.str.replace_all(r"\s+", " ").str.strip_chars()
+def clean_texts(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows with a non-empty `text`, its whitespace runs as one space and none at either end:
+    the text that is hashed and clustered."""
+    return frame.with_columns(pl.col("text").str.replace_all(r"\s+", " ").str.strip_chars()).filter(
+        pl.col("text").is_not_null() & (pl.col("text") != "")
+    )
 
 
 def text_hash(texts: pl.Series) -> pl.Series:
@@ -152,9 +155,7 @@ def load_texts(spec: DatasetSpec) -> tuple[pl.DataFrame, IngestReport]:
         bad += bad_bytes
     texts = pl.concat(frames)
     rows_read = texts.height
-    texts = texts.with_columns(clean_text(pl.col("text"))).filter(
-        pl.col("text").is_not_null() & (pl.col("text") != "")
-    )
+    texts = clean_texts(texts)
     if texts.height == 0:
         raise InputError(
             f"{spec.path}: column {spec.text_column!r} holds no non-empty text in {rows_read} rows"
