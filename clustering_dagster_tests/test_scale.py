@@ -1,26 +1,42 @@
 """Large data: datasets that bring their own vectors, the sampled projection, labels from a
 share of every cluster, and a backfill of several partitions run by the multiprocess executor."""
 
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import duckdb
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from clustering_dagster.assets import embeddings, raw_texts
+from clustering_dagster.assets import (
+    cluster_levels,
+    embeddings,
+    incremental_assignments,
+    projections,
+    raw_texts,
+)
+from clustering_dagster.core.cluster import fit_levels
 from clustering_dagster.core.dataset_vectors import dataset_vectors
 from clustering_dagster.core.datasets import find_dataset
-from clustering_dagster.core.embed import half_precision, make_encoder, normalise_rows
+from clustering_dagster.core.embed import encoder, half_precision, make_encoder, normalise_rows
 from clustering_dagster.core.errors import InputError
+from clustering_dagster.core.evaluate import agreement
 from clustering_dagster.core.label import label_sample
 from clustering_dagster.core.project import project
-from clustering_dagster.core.run_config import EmbeddingConfig, ProjectionConfig
+from clustering_dagster.core.run_config import (
+    EmbeddingConfig,
+    LevelConfig,
+    ProjectionConfig,
+    RunConfig,
+)
 
 from .conftest import banking_slice, metadata
 
@@ -65,6 +81,44 @@ def test_dataset_vectors_are_stored_instead_of_encoded(workspace):
     assert metadata(again, "embeddings")["newly_embedded"] == 0
 
 
+def test_appended_texts_bring_their_own_vectors_to_incremental_assignment(workspace):
+    """A dataset with an `embedding_column` that grows: the appended texts are assigned with the
+    vectors they bring (8-d here), never encoded by the model, and only theirs are stored."""
+    points, truth = blobs(150, 3, seed=2, dim=DIM)
+    texts = [f"question {i} about topic {'abc'[t]}" for i, t in enumerate(truth)]
+    path = workspace.datasets / "own.parquet"
+    pq.write_table(vector_table(texts, points), path)
+    (workspace.datasets / "own.yaml").write_text("embedding_column: vec\n")
+    clustering = [raw_texts, embeddings, projections, cluster_levels]
+    assert workspace.materialize("own", assets=clustering).success
+    fine = workspace.sql(
+        "SELECT t.text, a.cluster_id FROM clustering.assignments a JOIN clustering.texts t "
+        "USING (dataset, run_config, row_idx) WHERE a.level_name = 'fine'"
+    )
+    blob = dict(zip(texts, truth, strict=True))
+    fine = fine.with_columns(blob=pl.col("text").replace_strict(blob))
+    new_points, new_truth = blobs(2, 3, seed=2, dim=DIM)  # the same centres
+    pq.write_table(
+        vector_table(texts + ["late one", "late two"], np.vstack([points, new_points])), path
+    )
+    stored = workspace.sql("SELECT count(*) AS n FROM clustering.embedding_store_8")["n"][0]
+    result = workspace.materialize("own", assets=[incremental_assignments])
+    assert metadata(result, "incremental_assignments")["appended_texts"] == 2
+    late = workspace.sql(
+        "SELECT text, cluster_id FROM clustering.incremental_assignments "
+        "WHERE level_name = 'fine' ORDER BY text"
+    )
+    for cluster, own in zip(late["cluster_id"], new_truth, strict=True):
+        members = fine.filter(pl.col("cluster_id") == cluster)["blob"]
+        assert (members == own).mean() > 0.9  # a cluster of its own blob
+    assert (
+        workspace.sql("SELECT count(*) AS n FROM clustering.embedding_store_8")["n"][0]
+        == stored + 2
+    )
+    tables = workspace.sql("SELECT table_name FROM information_schema.tables")["table_name"]
+    assert "embedding_store_384" not in tables.to_list()  # the model never ran
+
+
 @pytest.mark.parametrize(
     ("vectors", "message"),
     [
@@ -100,6 +154,22 @@ def test_projection_fits_a_sample_and_places_the_rest():
     centres = np.stack([result.cluster_space[truth == c].mean(0) for c in range(6)])
     nearest = np.argmin(((result.cluster_space[:, None] - centres) ** 2).sum(-1), 1)
     assert (nearest == truth).mean() > 0.99  # placed points land in their own blob
+    assert result.fitted.sum() == 300
+
+
+def test_levels_fit_the_projections_sample_and_vote_the_rest_in():
+    """Above fit_sample, HDBSCAN sees only the texts UMAP fitted (its sizes scaled to them) and
+    every other text takes the cluster its nearest fitted texts vote for, in embedding space."""
+    points, truth = blobs(3000, 6, seed=1)
+    config = ProjectionConfig(pca_components=None, n_neighbors=15, fit_sample=600, random_state=3)
+    result = project(points, config)
+    level = LevelConfig(name="fine", min_cluster_size=0.05, min_samples=10)
+    fine = fit_levels(result.cluster_space, points, [level], seed=0, fitted=result.fitted)[0]
+    assert fine.n_clusters == 6
+    assert agreement(truth, fine.labels)["ari"] > 0.99
+    voted = ~result.fitted
+    assert np.all(fine.membership[voted] > 0.5)  # the winning share of each vote
+    assert fine.noise[voted].mean() <= fine.noise[result.fitted].mean() + 0.05
 
 
 def test_labels_come_from_a_share_of_every_cluster():
@@ -184,3 +254,32 @@ def test_float16_encoding_path():
     assert half_precision(EmbeddingConfig(), "cuda") and not half_precision(
         EmbeddingConfig(), "cpu"
     )
+
+
+def test_worker_processes_embed_the_chunks(workspace):
+    """`worker_devices` spreads each chunk over one worker process per device (here two CPU
+    workers; on a GPU machine e.g. [cuda:0, cuda:1]): the vectors are the in-process ones, and the
+    setting leaves the run configuration's hash alone."""
+    texts = banking_slice(3)["text"].to_list()
+    workspace.add_dataset("bank", banking_slice(3))
+    workspace.write_configs(
+        "default:\n  embedding: {device: cpu, worker_devices: [cpu, cpu]}\n"
+        "  projection: {random_state: 0}\n  levels:\n"
+        "    - {name: fine, method: hdbscan, min_cluster_size: 5}\n"
+    )
+    pooled = EmbeddingConfig(device="cpu", worker_devices=("cpu", "cpu"))
+    with encoder(pooled) as encode:
+        workers = [p.pid for p in multiprocessing.active_children() if p.is_alive()]
+        assert len(workers) == 2
+        vectors = encode(texts)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # stopped with the run
+    assert np.allclose(vectors, make_encoder(EmbeddingConfig(device="cpu"))(texts), atol=1e-5)
+    result = workspace.materialize("bank", assets=[raw_texts, embeddings])
+    assert metadata(result, "embeddings")["newly_embedded"] == len(set(texts))
+    stored = workspace.sql("SELECT count(*) AS n FROM clustering.embedding_store_384")["n"][0]
+    assert stored == len(set(texts))
+    hashes = {
+        RunConfig(name="x", embedding=embedding, levels=[{"name": "fine"}]).params_hash()
+        for embedding in (pooled, EmbeddingConfig(device="cpu"))
+    }
+    assert len(hashes) == 1

@@ -144,3 +144,17 @@ def test_a_file_of_the_unversioned_layout_is_migrated_with_nothing_lost(tmp_path
         assert _visible(conn, "texts")["text"].to_list() == ["kept"]
         part = Partition("d", "c", "next")
         assert read_partition(conn, "texts", part, "text", "row_idx")["text"].to_list() == ["kept"]
+
+
+def test_a_file_of_layout_2_gains_the_projections_fitted_column(tmp_path):
+    with connect(tmp_path / "layout2.duckdb") as conn:
+        ensure_schema(conn)
+        conn.execute("DROP VIEW clustering.projections")
+        conn.execute("ALTER TABLE clustering_store.projections DROP COLUMN fitted")
+        conn.execute("UPDATE clustering.layout SET version = 2")
+        conn.execute("INSERT INTO clustering_store.projections VALUES ('d', 'c', 'v', 0, [1.0, "
+                     "2.0], 0.5, 0.5, 'h')")  # fmt: skip
+        ensure_schema(conn)
+        rows = conn.execute("SELECT row_idx, fitted FROM clustering_store.projections").fetchall()
+        assert rows == [(0, True)]  # written before the column: UMAP fitted every text
+        assert conn.execute("SELECT max(version) FROM clustering.layout").fetchone()[0] == 3

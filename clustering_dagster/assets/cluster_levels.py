@@ -171,7 +171,9 @@ def cluster_levels(
     lineage records what changed."""
     part, config = stage(context, clustering)
     with connection(duckdb) as conn:
-        coords = read_partition(conn, "projections", part, "row_idx, cluster_space", "row_idx")
+        coords = read_partition(
+            conn, "projections", part, "row_idx, cluster_space, fitted", "row_idx"
+        )
         rows, vectors = partition_vectors(conn, part)
         truth_column = read_partition(conn, "texts", part, "ground_truth", "row_idx")[
             "ground_truth"
@@ -182,6 +184,7 @@ def cluster_levels(
         vectors,
         config.levels,
         config.projection.random_state,
+        coords["fitted"].to_numpy(),
     )
     has_truth = truth_column.is_not_null().any()
     truth = truth_column.to_numpy() if has_truth else None

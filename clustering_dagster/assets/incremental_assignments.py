@@ -2,13 +2,12 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
-from ..core.embed import cache_key
 from ..core.incremental import ClusteredLevel, appended_rows, assign
 from ..core.ingest import load_texts
 from ..core.storage import matrix_column, partition_vectors, read_partition, vectors_for
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, markdown_table, stage, write_result
-from .embeddings import embed_missing
+from .embeddings import vectors_model
 
 SCHEMA = {
     "text_id": pl.String,
@@ -66,9 +65,10 @@ def incremental_assignments(
     removed = rows.height - (current.height - new.height)
     frame = pl.DataFrame(schema=SCHEMA)
     if new.height:
-        embed_missing(context, duckdb, config.embedding, new)
+        spec = clustering.dataset(part.dataset)
+        model, _ = vectors_model(context, duckdb, spec, config.embedding, new)
         with connection(duckdb) as conn:
-            new_vectors = vectors_for(conn, cache_key(config.embedding), new["text_hash"])
+            new_vectors = vectors_for(conn, model, new["text_hash"])
         assigned, neighbours = assign(
             new_vectors,
             vectors,

@@ -13,7 +13,7 @@ from ..core.storage import find_projection, partition_model, partition_vectors, 
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, stage, write_result
 
-PROJECTION_COLUMNS = "row_idx, cluster_space, map_x, map_y, input_hash"
+PROJECTION_COLUMNS = "row_idx, cluster_space, map_x, map_y, input_hash, fitted"
 
 
 @clustering_asset(deps=["embeddings"])
@@ -56,6 +56,7 @@ def projections(
             map_x=pl.Series(result.map_2d[inverse, 0]),
             map_y=pl.Series(result.map_2d[inverse, 1]),
             input_hash=pl.lit(input_hash),
+            fitted=pl.Series(result.fitted[inverse]),
         )
         with connection(duckdb) as conn:
             write_result(conn, context, part, config, {"projections": frame}, input_hash)

@@ -1,5 +1,6 @@
 """Cluster levels: HDBSCAN (or KMeans) on the cluster space, noise reassigned, and levels above
-built by merging the clusters below them (or fitted too, then nested), coarse to fine."""
+built by merging the clusters below them (or fitted too, then nested), coarse to fine. On large
+data a level is fitted on the texts the projection fitted, and the others are voted in."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -9,6 +10,7 @@ import numpy as np
 
 from .agglomerate import merge_clusters
 from .run_config import LevelConfig
+from .vote import Voters, find_voters, vote
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,10 @@ class Level:
 
 # A size given as a share of the texts is never below this many texts.
 MIN_SHARE_BASED_SIZE = 5
-# HDBSCAN is fitted on at most this many points; the others join their nearest fitted point.
-MAX_HDBSCAN_POINTS = 100_000
+# A level is fitted on the texts the projection fitted, at most this many of them; every other
+# text takes the cluster its VOTE_NEIGHBOURS nearest fitted texts vote for.
+MAX_FIT_POINTS = 100_000
+VOTE_NEIGHBOURS = 10
 # Points compared with the centroids at a time.
 BATCH_ROWS = 100_000
 
@@ -88,32 +92,27 @@ def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
     return rank[labels].astype(np.int32)
 
 
-def _hdbscan(space: np.ndarray, level: LevelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """HDBSCAN on at most MAX_HDBSCAN_POINTS points (a random sample, its minimum cluster size
-    scaled to it); every other point takes the cluster and probability of its nearest fitted
-    point. Noise goes to the nearest centroid."""
+def _hdbscan(
+    space: np.ndarray, level: LevelConfig, represents: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HDBSCAN on `space`, which may be a sample standing for `represents` texts: its minimum
+    cluster size and min_samples shrink with the sample, so clusters keep the density they have
+    among all the texts. Noise goes to the nearest centroid."""
     import hdbscan
 
     n = len(space)
-    size = min_cluster_size(level, n)
+    scale = n / represents
+    size = max(2, round(min_cluster_size(level, represents) * scale))
     if n <= size:  # no room for two clusters: everything is one
         return np.zeros(n, np.int32), np.ones(n, np.float32), np.zeros(n, bool)
-    fit = np.arange(n)
-    if n > MAX_HDBSCAN_POINTS:
-        fit = np.sort(np.random.default_rng(0).choice(n, MAX_HDBSCAN_POINTS, replace=False))
-        size = max(2, round(size * len(fit) / n))
+    min_samples = max(1, round(level.min_samples * scale)) if level.min_samples else None
     model = hdbscan.HDBSCAN(
         min_cluster_size=size,
-        min_samples=min(level.min_samples, size) if level.min_samples else None,
+        min_samples=min(min_samples, size) if min_samples else None,
         cluster_selection_method=level.cluster_selection_method,
         core_dist_n_jobs=1,
-    ).fit(space[fit])
+    ).fit(space)
     labels, probabilities = model.labels_.astype(np.int32), model.probabilities_
-    if len(fit) < n:
-        from sklearn.neighbors import KDTree
-
-        nearest = KDTree(space[fit]).query(space, k=1, return_distance=False)[:, 0]
-        labels, probabilities = labels[nearest], probabilities[nearest]
     noise = labels < 0
     if noise.all():
         return np.zeros(n, np.int32), np.zeros(n, np.float32), noise
@@ -133,10 +132,50 @@ def _kmeans(space: np.ndarray, level: LevelConfig, seed: int | None) -> tuple[np
     return model.labels_.astype(np.int32), margin, np.zeros(len(space), bool)
 
 
-def _fit_level(space, level: LevelConfig, seed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _fit_level(space, level: LevelConfig, seed, represents: int) -> tuple[np.ndarray, ...]:
     if level.method == "kmeans":
         return _kmeans(space, level, seed)
-    return _hdbscan(space, level)
+    return _hdbscan(space, level, represents)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The rows levels are fitted on (those the projection fitted, at most MAX_FIT_POINTS), the
+    other rows, and their voters among the fitted ones (found once, for every fitted level)."""
+
+    rows: np.ndarray
+    rest: np.ndarray
+    voters: Voters | None
+
+
+def _fit(fitted: np.ndarray | None, vectors: np.ndarray, levels: Sequence[LevelConfig]) -> Fit:
+    n = len(vectors)
+    rows = np.arange(n) if fitted is None else np.flatnonzero(fitted)
+    if len(rows) > MAX_FIT_POINTS:
+        rows = np.sort(np.random.default_rng(0).choice(rows, MAX_FIT_POINTS, replace=False))
+    rest = np.setdiff1d(np.arange(n), rows, assume_unique=True)
+    if len(rest) == 0 or all(level.method == "merge" for level in levels):
+        return Fit(rows, rest, None)
+    return Fit(rows, rest, find_voters(vectors, rest, rows, VOTE_NEIGHBOURS))
+
+
+def _fit_everywhere(space, fit: Fit, level: LevelConfig, seed) -> tuple:
+    """A fitted level's (labels, membership, noise) for every text: fitted on `fit.rows`; every
+    other text votes with its nearest fitted texts (its membership: the winning share)."""
+    fitted = _fit_level(space[fit.rows], level, seed, len(space))
+    if fit.voters is None:
+        return fitted
+    voted = vote(fit.voters, fitted[0], fitted[2])
+    whole = (
+        np.empty(len(space), np.int32),
+        np.empty(len(space), np.float32),
+        np.empty(len(space), bool),
+    )
+    for out, mine, theirs in zip(
+        whole, fitted, (voted.labels, voted.share, voted.noise), strict=True
+    ):
+        out[fit.rows], out[fit.rest] = mine, theirs
+    return whole
 
 
 def parents(child: np.ndarray, parent: np.ndarray) -> dict[int, int]:
@@ -189,23 +228,30 @@ def _nested(level: LevelConfig, fitted: tuple, finer: Level | None) -> Level:
 
 
 def fit_levels(
-    space: np.ndarray, vectors: np.ndarray, levels: Sequence[LevelConfig], seed: int | None
+    space: np.ndarray,
+    vectors: np.ndarray,
+    levels: Sequence[LevelConfig],
+    seed: int | None,
+    fitted: np.ndarray | None = None,
 ) -> list[Level]:
     """All levels, coarse first, each a union of the clusters of the level below.
 
     Levels are built from the finest up: `hdbscan` and `kmeans` levels are fitted on the cluster
     space and then nested; `merge` levels join the clusters of the level below by their
-    embeddings (`vectors`). Cluster ids are ordered by size (0 = largest).
+    embeddings (`vectors`). When the projection fitted only some texts (`fitted`), the fitted
+    levels are fitted on those and the other texts voted in. Cluster ids are ordered by size
+    (0 = largest).
     """
     if levels[-1].method == "merge":
         raise ValueError(f"the finest level, {levels[-1].name!r}, cannot be method merge")
     result: list[Level] = []
     finer: Level | None = None
+    fit = _fit(fitted, vectors, levels)
     for level in reversed(levels):
         if level.method == "merge":
             built = _merged(level, finer, vectors)
         else:
-            built = _nested(level, _fit_level(space, level, seed), finer)
+            built = _nested(level, _fit_everywhere(space, fit, level, seed), finer)
         labels = np.unique(built.labels, return_inverse=True)[1].astype(np.int32)
         finer = replace(built, labels=_relabel_by_size(labels))
         result.append(finer)

@@ -1,7 +1,8 @@
 """Text embeddings: local sentence-transformers (offline) or an API model through litellm."""
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -41,6 +42,10 @@ def _model_location(model: str) -> str:
 
 @lru_cache(maxsize=4)
 def _sentence_transformer(model: str, device: str, half: bool = False):
+    return _load_sentence_transformer(model, device, half)
+
+
+def _load_sentence_transformer(model: str, device: str, half: bool):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
@@ -96,6 +101,49 @@ def make_encoder(config: EmbeddingConfig) -> Encoder:
     if config.backend == "litellm":
         return _litellm_encoder(config)
     return _local_encoder(config)
+
+
+@contextmanager
+def encoder(config: EmbeddingConfig) -> Iterator[Encoder]:
+    """An encoder for one run: in this process, or with `worker_devices` one worker process per
+    device (GPUs, or CPUs sharing the cores), each encoding its share of every call."""
+    if config.backend == "litellm" or not config.worker_devices:
+        yield make_encoder(config)
+        return
+    devices = list(config.worker_devices)
+    half = config.precision == "float16" or (
+        config.precision == "auto" and all(d.startswith("cuda") for d in devices)
+    )
+    model = _load_sentence_transformer(config.model, "cpu", half)  # each worker moves its copy
+    cpu_workers = sum(d == "cpu" for d in devices)
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, cpu_workers)))
+    with _environment(OMP_NUM_THREADS=threads):  # read by torch as each worker starts
+        pool = model.start_multi_process_pool(devices)
+    try:
+
+        def encode(texts: Sequence[str]) -> np.ndarray:
+            vectors = model.encode(
+                list(texts), batch_size=config.batch_size, pool=pool, show_progress_bar=False
+            )
+            return np.asarray(vectors, np.float32)
+
+        yield encode
+    finally:
+        model.stop_multi_process_pool(pool)
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # Rows normalised at a time when a large matrix is read as unit vectors without a full copy.

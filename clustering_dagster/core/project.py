@@ -3,7 +3,8 @@
 Up to `fit_sample` points are projected by UMAP itself. Past that, PCA and both UMAPs are fitted
 on a random sample of that many points, and every other point is placed at the distance-weighted
 mean of the positions of its nearest sample points (in the PCA space), batch by batch: the cost
-grows linearly with the number of points beyond the sample.
+grows linearly with the number of points beyond the sample. The projection says which points
+were fitted: clustering fits on those and lets the others follow their nearest fitted texts.
 """
 
 import warnings
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .anchors import Anchors
 from .run_config import ProjectionConfig
 
 # Below this many distinct points UMAP's graph is meaningless: fall back to PCA coordinates.
@@ -20,11 +22,8 @@ MIN_POINTS_FOR_UMAP = 16
 MAX_POINTS_FOR_EXACT_NEIGHBOURS = 50_000
 # Sample points whose positions are averaged to place a point outside the sample.
 PLACEMENT_NEIGHBOURS = 10
-# Points placed (or projected by PCA) per batch, which bounds the memory of a batch.
+# Points projected by PCA or placed per batch, which bounds the memory of a batch.
 BATCH_ROWS = 50_000
-# The placement's neighbour index: sample points per cell, and cells searched per point.
-ANCHORS_PER_CELL = 100
-CELLS_SEARCHED = 8
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,7 @@ class Projection:
     cluster_space: np.ndarray  # (n, n_components) float32
     map_2d: np.ndarray  # (n, 2) float32
     method: str
+    fitted: np.ndarray  # (n,) bool: projected by the fit itself, not placed by its neighbours
 
 
 def _pca(vectors: np.ndarray, n_components: int):
@@ -51,7 +51,8 @@ def _small_projection(vectors: np.ndarray, config: ProjectionConfig) -> Projecti
     coords = (
         _pca(vectors, config.n_components).fit_transform(vectors) if len(vectors) > 1 else vectors
     )
-    return Projection(_pad(coords, config.n_components), _pad(coords, 2), "pca")
+    fitted = np.ones(len(vectors), bool)
+    return Projection(_pad(coords, config.n_components), _pad(coords, 2), "pca", fitted)
 
 
 def neighbours(
@@ -91,28 +92,30 @@ def place(
     points: np.ndarray, anchors: np.ndarray, positions: list[np.ndarray], k: int
 ) -> list[np.ndarray]:
     """Each point at the inverse-distance-weighted mean of `positions` (one array per space) of
-    its k nearest `anchors`, found by an inverted-file index (faiss; 99.6% of the exact
-    neighbours on MiniLM vectors), in batches."""
-    import faiss
-
-    k = min(k, len(anchors))
-    quantiser = faiss.IndexFlatL2(anchors.shape[1])
-    index = faiss.IndexIVFFlat(
-        quantiser, anchors.shape[1], max(1, len(anchors) // ANCHORS_PER_CELL)
-    )
-    index.train(anchors)
-    index.add(anchors)
-    index.nprobe = CELLS_SEARCHED
+    its k nearest `anchors`, batch by batch."""
+    index = Anchors(anchors)
     placed = [np.empty((len(points), p.shape[1]), np.float32) for p in positions]
     for start in range(0, len(points), BATCH_ROWS):
-        squared, nearest = index.search(np.ascontiguousarray(points[start : start + BATCH_ROWS]), k)
-        found = nearest >= 0  # a point whose searched cells hold fewer than k anchors
-        weights = np.where(found, 1 / np.maximum(np.sqrt(np.maximum(squared, 0)), 1e-6), 0)
-        weights /= weights.sum(1, keepdims=True)
-        nearest = np.where(found, nearest, 0)
+        weights, nearest = index.nearest(points[start : start + BATCH_ROWS], k)
         for out, position in zip(placed, positions, strict=True):
             out[start : start + len(nearest)] = np.einsum("ij,ijd->id", weights, position[nearest])
     return placed
+
+
+def representatives(space: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """Each sampled point as the mean of the round(n / sample size) points nearest to it among
+    all n (itself included): the share of the data it stands for, so that UMAP on the sample sees
+    the density of all the points (on Banking77 with a 38% sample: fine NMI +0.008)."""
+    share = round(len(space) / len(sample))
+    if share <= 1:
+        return space[sample]
+    index = Anchors(space)
+    out = np.empty((len(sample), space.shape[1]), np.float32)
+    step = max(1, BATCH_ROWS // share)
+    for start in range(0, len(sample), step):
+        _, nearest = index.nearest(space[sample[start : start + step]], share)
+        out[start : start + len(nearest)] = space[nearest].mean(1)
+    return out
 
 
 def project(vectors: np.ndarray, config: ProjectionConfig) -> Projection:
@@ -128,28 +131,32 @@ def project(vectors: np.ndarray, config: ProjectionConfig) -> Projection:
         rng = np.random.default_rng(config.random_state)
         sample = np.sort(rng.choice(n, config.fit_sample, replace=False))
     space = features(vectors, sample, config)
-    fitted = space[sample]
+    sampled = representatives(space, sample)
     n_neighbors = min(config.n_neighbors, len(sample) - 1)
     common = dict(
         n_neighbors=n_neighbors,
         metric="euclidean",
         random_state=config.random_state,
         n_jobs=1 if config.random_state is not None else -1,
-        precomputed_knn=neighbours(fitted, n_neighbors, config.random_state),
+        precomputed_knn=neighbours(sampled, n_neighbors, config.random_state),
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(knn_search_index|transform).*")
         cluster_space = umap.UMAP(
             n_components=config.n_components, min_dist=config.min_dist, **common
-        ).fit_transform(fitted)
+        ).fit_transform(sampled)
         map_2d = umap.UMAP(n_components=2, min_dist=config.map_min_dist, **common).fit_transform(
-            fitted
+            sampled
         )
+    fitted = np.zeros(n, bool)
+    fitted[sample] = True
     if len(sample) == n:
-        return Projection(cluster_space.astype(np.float32), map_2d.astype(np.float32), "umap")
+        return Projection(
+            cluster_space.astype(np.float32), map_2d.astype(np.float32), "umap", fitted
+        )
     rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
     out = [np.empty((n, p.shape[1]), np.float32) for p in (cluster_space, map_2d)]
-    placed = place(space[rest], fitted, [cluster_space, map_2d], PLACEMENT_NEIGHBOURS)
+    placed = place(space[rest], space[sample], [cluster_space, map_2d], PLACEMENT_NEIGHBOURS)
     for whole, fit, rest_coords in zip(out, (cluster_space, map_2d), placed, strict=True):
         whole[sample], whole[rest] = fit, rest_coords
-    return Projection(out[0], out[1], f"umap on a sample of {len(sample)}, the rest placed")
+    return Projection(out[0], out[1], f"umap on a sample of {len(sample)}, the rest placed", fitted)

@@ -29,6 +29,11 @@ class EmbeddingConfig(StrictModel):
     )
     normalize: bool = True
     api_base: str | None = None
+    worker_devices: tuple[str, ...] | None = Field(
+        None,
+        description="encode in one worker process per entry, e.g. [cuda:0, cuda:1]; null: in "
+        "this process on `device`",
+    )
 
 
 class ProjectionConfig(StrictModel):
@@ -231,8 +236,12 @@ class RunConfig(StrictModel):
         return self.model_dump(mode="json")
 
     def params_hash(self) -> str:
-        """Hash of what shapes the results (not the name, description or `active`)."""
-        return stable_hash(self.model_dump(mode="json", exclude={"name", "description", "active"}))
+        """Hash of what shapes the results (not the name, description, `active` or where the
+        vectors are computed)."""
+        exclude = {"name": True, "description": True, "active": True}
+        return stable_hash(
+            self.model_dump(mode="json", exclude=exclude | {"embedding": {"worker_devices"}})
+        )
 
 
 def stable_hash(value) -> str:

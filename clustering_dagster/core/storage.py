@@ -23,7 +23,7 @@ import polars as pl
 
 SCHEMA = "clustering"
 STORE = "clustering_store"
-LAYOUT = 2  # 1: result tables in `clustering` without versions
+LAYOUT = 3  # 1: result tables in `clustering` without versions; 2: before ADDED_COLUMNS
 
 VERSIONED = {
     "texts": """
@@ -35,7 +35,7 @@ VERSIONED = {
         dim INTEGER NOT NULL""",
     "projections": """
         row_idx INTEGER NOT NULL, cluster_space FLOAT[] NOT NULL, map_x FLOAT NOT NULL,
-        map_y FLOAT NOT NULL, input_hash VARCHAR NOT NULL""",
+        map_y FLOAT NOT NULL, input_hash VARCHAR NOT NULL, fitted BOOLEAN DEFAULT true""",
     "assignments": """
         row_idx INTEGER NOT NULL, text_hash VARCHAR NOT NULL, level INTEGER NOT NULL,
         level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL, membership FLOAT NOT NULL,
@@ -74,6 +74,9 @@ VERSIONED = {
         position INTEGER NOT NULL, method VARCHAR NOT NULL, assigned_by VARCHAR,
         fallback BOOLEAN NOT NULL""",
 }
+
+# Columns added since layout 2, added to older files' tables (their rows take the default).
+ADDED_COLUMNS = {"projections": "fitted BOOLEAN DEFAULT true"}
 
 # Append-only: every published version's rows stay (the others are cleaned up like any table's).
 HISTORY = {"cluster_lineage"}
@@ -232,6 +235,10 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
                 f"CREATE TABLE IF NOT EXISTS {STORE}.{name} (dataset VARCHAR NOT NULL, "
                 f"run_config VARCHAR NOT NULL, version VARCHAR NOT NULL, {columns})"
             )
+            if name in ADDED_COLUMNS:
+                conn.execute(
+                    f"ALTER TABLE {STORE}.{name} ADD COLUMN IF NOT EXISTS {ADDED_COLUMNS[name]}"
+                )
             if _exists(conn, SCHEMA, name) == "BASE TABLE":
                 _migrate_unversioned(conn, name)
             conn.execute(_view(name))

@@ -1,0 +1,76 @@
+"""The large-N path against the small one, and what each of its parts is worth, on Banking77.
+
+All 13,083 Banking77 queries (their MiniLM vectors, embedded once into scale.py's source file),
+the shipped `default` fine level, NMI against the 77 intents. Per round, side by side:
+
+- `all`: UMAP on every text, HDBSCAN on every text (the path below `fit_sample`);
+- `large_n`: the shipped large-N path with a sample of SAMPLE texts: UMAP fitted on the sample's
+  representatives, HDBSCAN on the sample, every other text voted in;
+- `no_representatives`: the same with UMAP fitted on the sampled texts themselves;
+- `hdbscan_on_placed`: the large-N projection, then HDBSCAN on every text's placed coordinates;
+- `sampled_hdbscan`: UMAP on every text, HDBSCAN on a random SAMPLE, the others voted in.
+
+Each round draws new samples (and UMAP, multi-threaded, differs on every fit), so the figures are
+means over ROUNDS rounds. The last line is one JSON object: the mean fine NMI per variant.
+
+Usage: python benchmarks/large_n.py [--rounds 3] [--sample 5000]
+"""
+
+import argparse
+import json
+from unittest import mock
+
+import numpy as np
+from common import REPO, machine
+from scale import banking77
+
+from clustering_dagster.core import project as projection
+from clustering_dagster.core.cluster import fit_levels
+from clustering_dagster.core.embed import normalise_rows
+from clustering_dagster.core.evaluate import agreement
+from clustering_dagster.core.run_config import load_run_configs
+
+VARIANTS = ["all", "large_n", "no_representatives", "hdbscan_on_placed", "sampled_hdbscan"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sample", type=int, default=5_000)
+    args = parser.parse_args()
+    texts, vectors = banking77()
+    vectors = normalise_rows(vectors)
+    truth = texts["category"].to_numpy()
+    default = load_run_configs(REPO / "data" / "run_configs.yaml")["default"]
+    fine = [default.levels[-1]]
+    everything = default.projection
+    sampled = everything.model_copy(update={"fit_sample": args.sample})
+
+    def nmi(space, fitted=None) -> float:
+        labels = fit_levels(space, vectors, fine, None, fitted)[0].labels
+        return agreement(truth, labels)["nmi"]
+
+    scores = {name: [] for name in VARIANTS}
+    for round_ in range(args.rounds):
+        full = projection.project(vectors, everything)
+        large = projection.project(vectors, sampled)
+        with mock.patch.object(projection, "representatives", lambda space, s: space[s]):
+            plain = projection.project(vectors, sampled)
+        some = np.zeros(len(vectors), bool)
+        some[np.random.default_rng(round_).choice(len(vectors), args.sample, replace=False)] = True
+        scores["all"].append(nmi(full.cluster_space))
+        scores["large_n"].append(nmi(large.cluster_space, large.fitted))
+        scores["no_representatives"].append(nmi(plain.cluster_space, plain.fitted))
+        scores["hdbscan_on_placed"].append(nmi(large.cluster_space))
+        scores["sampled_hdbscan"].append(nmi(full.cluster_space, some))
+        print(f"round {round_}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in scores.items()))
+    print(machine())
+    print(f"{len(vectors):,} texts, sample {args.sample:,}, {args.rounds} rounds, mean fine NMI:")
+    means = {name: round(float(np.mean(values)), 4) for name, values in scores.items()}
+    for name, value in means.items():
+        print(f"  {name:20s} {value:.4f}  (drop {means['all'] - value:+.4f})")
+    print(json.dumps(means))
+
+
+if __name__ == "__main__":
+    main()
