@@ -8,6 +8,7 @@ from clustering_dagster.core.snapshots import downstream, mark_written, publish_
 from clustering_dagster.core.storage import (
     MissingResult,
     Partition,
+    _view,
     connect,
     ensure_schema,
     read_partition,
@@ -149,12 +150,15 @@ def test_a_file_of_the_unversioned_layout_is_migrated_with_nothing_lost(tmp_path
 def test_a_file_of_layout_2_gains_the_projections_fitted_column(tmp_path):
     with connect(tmp_path / "layout2.duckdb") as conn:
         ensure_schema(conn)
-        conn.execute("DROP VIEW clustering.projections")
+        conn.execute("DROP VIEW clustering.projections")  # as layout 2 made them:
         conn.execute("ALTER TABLE clustering_store.projections DROP COLUMN fitted")
+        conn.execute(_view("projections"))
         conn.execute("UPDATE clustering.layout SET version = 2")
         conn.execute("INSERT INTO clustering_store.projections VALUES ('d', 'c', 'v', 0, [1.0, "
                      "2.0], 0.5, 0.5, 'h')")  # fmt: skip
         ensure_schema(conn)
         rows = conn.execute("SELECT row_idx, fitted FROM clustering_store.projections").fetchall()
-        assert rows == [(0, True)]  # written before the column: UMAP fitted every text
+        assert rows == [(0, True)]  # written before the column: counted as fitted
+        columns = conn.execute("SELECT * FROM clustering.projections LIMIT 0").description
+        assert "fitted" in [c[0] for c in columns]
         assert conn.execute("SELECT max(version) FROM clustering.layout").fetchone()[0] == 3

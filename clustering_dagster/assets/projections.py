@@ -14,6 +14,9 @@ from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, stage, write_result
 
 PROJECTION_COLUMNS = "row_idx, cluster_space, map_x, map_y, input_hash, fitted"
+# Raised when the projection's method changes, so stored projections are not reused (2: sampled
+# texts enter UMAP as their representatives, and `fitted` says which texts UMAP fitted).
+PROJECTION_METHOD = 2
 
 
 @clustering_asset(deps=["embeddings"])
@@ -30,6 +33,7 @@ def projections(
                 "model": partition_model(conn, part)[0],
                 "normalize": config.embedding.normalize,
                 "projection": config.projection.model_dump(mode="json"),
+                "method": PROJECTION_METHOD,
             }
         )
         source = find_projection(conn, input_hash)

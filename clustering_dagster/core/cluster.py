@@ -37,6 +37,8 @@ MIN_SHARE_BASED_SIZE = 5
 # text takes the cluster its VOTE_NEIGHBOURS nearest fitted texts vote for.
 MAX_FIT_POINTS = 100_000
 VOTE_NEIGHBOURS = 10
+# min_samples shrinks with a sample, but not below this (1 would make HDBSCAN single linkage).
+MIN_SCALED_MIN_SAMPLES = 5
 # Points compared with the centroids at a time.
 BATCH_ROWS = 100_000
 
@@ -105,7 +107,10 @@ def _hdbscan(
     size = max(2, round(min_cluster_size(level, represents) * scale))
     if n <= size:  # no room for two clusters: everything is one
         return np.zeros(n, np.int32), np.ones(n, np.float32), np.zeros(n, bool)
-    min_samples = max(1, round(level.min_samples * scale)) if level.min_samples else None
+    min_samples = None
+    if level.min_samples:
+        floor = min(level.min_samples, MIN_SCALED_MIN_SAMPLES)
+        min_samples = max(floor, round(level.min_samples * scale))
     model = hdbscan.HDBSCAN(
         min_cluster_size=size,
         min_samples=min(min_samples, size) if min_samples else None,
@@ -161,18 +166,18 @@ def _fit(fitted: np.ndarray | None, vectors: np.ndarray, levels: Sequence[LevelC
 
 def _fit_everywhere(space, fit: Fit, level: LevelConfig, seed) -> tuple:
     """A fitted level's (labels, membership, noise) for every text: fitted on `fit.rows`; every
-    other text votes with its nearest fitted texts (its membership: the winning share)."""
+    other text votes with its nearest fitted texts."""
     fitted = _fit_level(space[fit.rows], level, seed, len(space))
     if fit.voters is None:
         return fitted
-    voted = vote(fit.voters, fitted[0], fitted[2])
+    voted = vote(fit.voters, *fitted)
     whole = (
         np.empty(len(space), np.int32),
         np.empty(len(space), np.float32),
         np.empty(len(space), bool),
     )
     for out, mine, theirs in zip(
-        whole, fitted, (voted.labels, voted.share, voted.noise), strict=True
+        whole, fitted, (voted.labels, voted.membership, voted.noise), strict=True
     ):
         out[fit.rows], out[fit.rest] = mine, theirs
     return whole

@@ -115,9 +115,10 @@ def encoder(config: EmbeddingConfig) -> Iterator[Encoder]:
         config.precision == "auto" and all(d.startswith("cuda") for d in devices)
     )
     model = _load_sentence_transformer(config.model, "cpu", half)  # each worker moves its copy
-    cpu_workers = sum(d == "cpu" for d in devices)
-    threads = str(max(1, (os.cpu_count() or 1) // max(1, cpu_workers)))
-    with _environment(OMP_NUM_THREADS=threads):  # read by torch as each worker starts
+    # torch reads OMP_NUM_THREADS as each worker starts: CPU workers share the cores
+    cpu_workers = sum(d.startswith("cpu") for d in devices)
+    threads = str(max(1, len(os.sched_getaffinity(0)) // max(1, cpu_workers)))
+    with _environment(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads)):
         pool = model.start_multi_process_pool(devices)
     try:
 
@@ -129,7 +130,21 @@ def encoder(config: EmbeddingConfig) -> Iterator[Encoder]:
 
         yield encode
     finally:
-        model.stop_multi_process_pool(pool)
+        _stop(pool)
+
+
+def _stop(pool: dict) -> None:
+    """End the workers, idle by now. SIGKILL, not sentence-transformers' SIGTERM: a worker
+    inherits an ignored SIGTERM from its parent (some hosts run jobs that way) and would never
+    end, leaving the run waiting for it."""
+    for process in pool["processes"]:
+        process.kill()
+    for process in pool["processes"]:
+        process.join()
+        process.close()
+    pool["input"].cancel_join_thread()
+    pool["input"].close()
+    pool["output"].close()
 
 
 @contextmanager

@@ -89,14 +89,14 @@ def features(vectors: np.ndarray, sample: np.ndarray, config: ProjectionConfig) 
 
 
 def place(
-    points: np.ndarray, anchors: np.ndarray, positions: list[np.ndarray], k: int
+    space: np.ndarray, rows: np.ndarray, anchors: np.ndarray, positions: list[np.ndarray], k: int
 ) -> list[np.ndarray]:
-    """Each point at the inverse-distance-weighted mean of `positions` (one array per space) of
-    its k nearest `anchors`, batch by batch."""
+    """Each of `space[rows]` at the inverse-distance-weighted mean of `positions` (one array per
+    space) of its k nearest `anchors`, batch by batch."""
     index = Anchors(anchors)
-    placed = [np.empty((len(points), p.shape[1]), np.float32) for p in positions]
-    for start in range(0, len(points), BATCH_ROWS):
-        weights, nearest = index.nearest(points[start : start + BATCH_ROWS], k)
+    placed = [np.empty((len(rows), p.shape[1]), np.float32) for p in positions]
+    for start in range(0, len(rows), BATCH_ROWS):
+        weights, nearest = index.nearest(space[rows[start : start + BATCH_ROWS]], k)
         for out, position in zip(placed, positions, strict=True):
             out[start : start + len(nearest)] = np.einsum("ij,ijd->id", weights, position[nearest])
     return placed
@@ -113,8 +113,9 @@ def representatives(space: np.ndarray, sample: np.ndarray) -> np.ndarray:
     out = np.empty((len(sample), space.shape[1]), np.float32)
     step = max(1, BATCH_ROWS // share)
     for start in range(0, len(sample), step):
-        _, nearest = index.nearest(space[sample[start : start + step]], share)
-        out[start : start + len(nearest)] = space[nearest].mean(1)
+        weights, nearest = index.nearest(space[sample[start : start + step]], share)
+        found = (weights > 0)[:, :, None]  # fewer than `share` found: average those that were
+        out[start : start + len(nearest)] = (space[nearest] * found).sum(1) / found.sum(1)
     return out
 
 
@@ -156,7 +157,7 @@ def project(vectors: np.ndarray, config: ProjectionConfig) -> Projection:
         )
     rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
     out = [np.empty((n, p.shape[1]), np.float32) for p in (cluster_space, map_2d)]
-    placed = place(space[rest], space[sample], [cluster_space, map_2d], PLACEMENT_NEIGHBOURS)
+    placed = place(space, rest, space[sample], [cluster_space, map_2d], PLACEMENT_NEIGHBOURS)
     for whole, fit, rest_coords in zip(out, (cluster_space, map_2d), placed, strict=True):
         whole[sample], whole[rest] = fit, rest_coords
     return Projection(out[0], out[1], f"umap on a sample of {len(sample)}, the rest placed", fitted)

@@ -21,7 +21,7 @@ class Voters:
 @dataclass(frozen=True)
 class Votes:
     labels: np.ndarray  # (n,) int32: the cluster with the most weight
-    share: np.ndarray  # (n,) float32: its share of the weight
+    membership: np.ndarray  # (n,) float32: its share of the weight, times its voters' membership
     noise: np.ndarray  # (n,) bool: most of the weight came from texts HDBSCAN left out
 
 
@@ -40,8 +40,8 @@ def find_voters(vectors: np.ndarray, rows: np.ndarray, fit: np.ndarray, k: int) 
     return Voters(nearest, weights)
 
 
-def vote(voters: Voters, labels: np.ndarray, noise: np.ndarray) -> Votes:
-    """The voters' verdict given the fitted texts' clusters `labels` and noise flags `noise`."""
+def vote(voters: Voters, labels: np.ndarray, membership: np.ndarray, noise: np.ndarray) -> Votes:
+    """The voters' verdict given the fitted texts' clusters, memberships and noise flags."""
     n = len(voters.nearest)
     out = Votes(np.empty(n, np.int32), np.empty(n, np.float32), np.empty(n, bool))
     for start in range(0, n, BATCH_ROWS):
@@ -54,6 +54,7 @@ def vote(voters: Voters, labels: np.ndarray, noise: np.ndarray) -> Votes:
         chosen = np.arange(len(best))
         done = slice(start, start + len(best))
         out.labels[done] = clusters[chosen, best]
-        out.share[done] = agreeing[chosen, best]
+        winning = clusters == clusters[chosen, best][:, None]
+        out.membership[done] = (weights * membership[nearest] * winning).sum(1)
         out.noise[done] = (weights * noise[nearest]).sum(1) > 0.5
     return out
