@@ -4,6 +4,7 @@ names, the hover, the search box, no console error and no request beyond the fil
 
 import json
 import re
+import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -128,6 +129,11 @@ def test_map_serve_answers_on_localhost_with_the_page_only(explored, tmp_path):
          "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
+        # started as some job runners start children: SIGTERM ignored and blocked
+        preexec_fn=lambda: (
+            signal.signal(signal.SIGTERM, signal.SIG_IGN),
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}),
+        ),
     )  # fmt: skip
     try:
         assert Path(server.stdout.readline().strip()) == out.resolve()

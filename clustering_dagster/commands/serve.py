@@ -1,6 +1,7 @@
 """`map --serve`: the map page over HTTP on 127.0.0.1, for a browser on the same machine."""
 
 import contextlib
+import signal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -8,8 +9,8 @@ import click
 
 
 def serve_file(path: Path, port: int) -> None:
-    """Serve the page at http://127.0.0.1:<port>/ (nothing else) until interrupted; port 0 takes
-    any free port. The file is read on every request, so a rewritten map shows on reload."""
+    """Serve the page at http://127.0.0.1:<port>/ (nothing else) until interrupted (Ctrl-C or
+    SIGTERM); port 0 takes any free port. The file is read on every request, so a rewritten map shows on reload."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -26,6 +27,10 @@ def serve_file(path: Path, port: int) -> None:
         def log_message(self, format, *args):
             pass
 
+    # SIGTERM stops it as Ctrl-C does, even when it was started with SIGTERM ignored or blocked
+    # (as a child of some job runners and test harnesses is)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with ThreadingHTTPServer(("127.0.0.1", port), Handler) as server:
         click.echo(f"serving http://127.0.0.1:{server.server_port}/ (Ctrl-C to stop)")
         with contextlib.suppress(KeyboardInterrupt):
