@@ -111,9 +111,7 @@ def encoder(config: EmbeddingConfig) -> Iterator[Encoder]:
         yield make_encoder(config)
         return
     devices = list(config.worker_devices)
-    half = config.precision == "float16" or (
-        config.precision == "auto" and all(d.startswith("cuda") for d in devices)
-    )
+    half = all(half_precision(config, device.split(":")[0]) for device in devices)
     model = _load_sentence_transformer(config.model, "cpu", half)  # each worker moves its copy
     # torch reads OMP_NUM_THREADS as each worker starts: CPU workers share the cores
     cpu_workers = sum(d.startswith("cpu") for d in devices)

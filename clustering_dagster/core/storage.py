@@ -35,7 +35,7 @@ VERSIONED = {
         dim INTEGER NOT NULL""",
     "projections": """
         row_idx INTEGER NOT NULL, cluster_space FLOAT[] NOT NULL, map_x FLOAT NOT NULL,
-        map_y FLOAT NOT NULL, input_hash VARCHAR NOT NULL, fitted BOOLEAN DEFAULT true""",
+        map_y FLOAT NOT NULL, input_hash VARCHAR NOT NULL""",
     "assignments": """
         row_idx INTEGER NOT NULL, text_hash VARCHAR NOT NULL, level INTEGER NOT NULL,
         level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL, membership FLOAT NOT NULL,
@@ -75,7 +75,8 @@ VERSIONED = {
         fallback BOOLEAN NOT NULL""",
 }
 
-# Columns added since layout 2, added to older files' tables (their rows take the default).
+# Columns added since layout 2, added to every file's tables (an older file's rows take the
+# default).
 ADDED_COLUMNS = {"projections": "fitted BOOLEAN DEFAULT true"}
 
 # Append-only: every published version's rows stay (the others are cleaned up like any table's).
