@@ -197,6 +197,33 @@ class Bench:
                              0, len(self.visible("fresh|default")), 0, 0, None))  # fmt: skip
         print(self.rows[-1], flush=True)
 
+    def result_tools(self) -> None:
+        """The result CLI under hostile input (issue 21's cases, shared with the tests) on the
+        sandbox's file, one scenario each: it must pass, and every partition read as before."""
+        from clustering_dagster_tests.hostile import CASES, DATASET, write_dataset
+
+        write_dataset(self.box.datasets)
+        self.box.register()
+        hostile = f"{DATASET}|default"
+        assert self.box.start(hostile).finish(), "the hostile partition's run failed"
+        scratch = Path(tempfile.mkdtemp(prefix="result_tools_"))
+        for number, (name, case) in enumerate(CASES.items()):
+            before = {p: self.visible(p) for p in (PARTITION, hostile)}
+            try:
+                (scratch / str(number)).mkdir()
+                case(self.box, scratch / str(number))
+                outcome = "ok"
+            except AssertionError as err:
+                outcome = f"FAILED ({str(err)[:200]})"
+            after = {p: self.visible(p) for p in before}
+            lost = sum(len(set(before[p]) ^ set(after[p])) for p in before)
+            mixed = sum(sum(mismatches(self.box, p).values()) for p in before)
+            if lost or mixed:
+                outcome = "FAILED"
+            self.rows.append(Row(f"result tools: {name}", outcome, len(before[hostile]),
+                                 len(after[hostile]), mixed, lost, None))  # fmt: skip
+            print(self.rows[-1], flush=True)
+
     def dead_run(self) -> None:
         """A killed run is marked failed by the next run's first step once it has been silent
         for the grace period."""
@@ -308,6 +335,7 @@ def main() -> None:
     )
     bench.never_clustered()
     bench.dead_run()
+    bench.result_tools()
 
     rows = pl.DataFrame([vars(row) for row in bench.rows])
     with pl.Config(tbl_rows=100, fmt_str_lengths=90, tbl_width_chars=200):

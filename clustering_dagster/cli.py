@@ -3,13 +3,16 @@ runs, tree, show, texts, search, export, map). `clustering-dagster COMMAND --hel
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+import duckdb
 
 from .commands.explore import COMMANDS
+from .commands.output import visible
 from .core import settings
 from .core.datasets import scan_datasets
 from .core.errors import InputError
@@ -75,7 +78,15 @@ for command in COMMANDS:
 
 
 def _one_line(message: str) -> str:
-    return " ".join(message.split())
+    return visible(" ".join(message.split()))
+
+
+def _failure(err: BaseException) -> str:
+    """One line for an error from the environment (a file, a device, the database, a socket)."""
+    if isinstance(err, OSError) and err.strerror:
+        where = f": {err.filename}" if err.filename else ""
+        return f"{err.strerror}{where}"
+    return f"{type(err).__name__}: {err}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()
         return 0
+    except (OSError, duckdb.Error, UnicodeError) as err:
+        click.echo(f"error: {_one_line(_failure(err))}", err=True)
+        return 1
+    except Exception as err:
+        if os.environ.get("CLUSTERING_DEBUG"):
+            raise
+        click.echo(
+            f"error: unexpected {_one_line(_failure(err))} (CLUSTERING_DEBUG=1 shows where)",
+            err=True,
+        )
+        return 1
     return result if isinstance(result, int) else 0
 
 

@@ -3,7 +3,8 @@ from pathlib import Path
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 from dagster_duckdb import DuckDBResource
 
-from ..core.map_page import default_path, map_data, render, write_atomically
+from ..core.map_page import default_path, map_data, render
+from ..core.outputs import write_atomically
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, stage, write_result
 
@@ -22,7 +23,7 @@ def cluster_map(
     stats = {"path": str(path), "texts": data.points.height, "names": data.tree.names}
     with connection(duckdb) as conn:
         write_result(conn, context, part, config, {}, stats=stats)
-    write_atomically(path, page)
+    write_atomically(path, page, create_parent=True)
     return MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(path)),

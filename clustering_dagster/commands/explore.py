@@ -11,9 +11,11 @@ from pathlib import Path
 import click
 import polars as pl
 
+from ..core import settings
 from ..core.errors import InputError
 from ..core.export import FORMATS, llm_cluster_json, text_table
-from ..core.map_page import default_path, map_data, render, write_atomically
+from ..core.map_page import default_path, map_data, render
+from ..core.outputs import check_output, neutralise_formulas, write_atomically
 from ..core.results import (
     load_tree,
     node_texts,
@@ -25,12 +27,15 @@ from ..core.results import (
 )
 from .output import (
     alias_option,
+    count,
     emit_json,
     json_option,
     note,
     run_config_option,
     say,
     show_table,
+    visible,
+    write_data,
 )
 from .search import search
 
@@ -68,7 +73,7 @@ def datasets(db: Path, as_json: bool) -> None:
 @click.command(name="runs")
 @click.option("--dataset", "-d", default=None, help="Only this dataset's runs.")
 @run_config_option
-@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", "-n", default=20, show_default=True, type=count(1))
 @json_option
 @click.pass_obj
 def runs_command(db: Path, dataset, run_config, limit: int, as_json: bool) -> None:
@@ -95,7 +100,7 @@ def runs_command(db: Path, dataset, run_config, limit: int, as_json: bool) -> No
 @click.command()
 @click.argument("dataset")
 @run_config_option
-@click.option("--depth", type=click.IntRange(min=1), default=None, help="Show this many levels.")
+@click.option("--depth", type=count(1), default=None, help="Show this many levels.")
 @alias_option
 @json_option
 @click.pass_obj
@@ -128,7 +133,7 @@ def tree(db: Path, dataset, run_config, depth, alias, as_json: bool) -> None:
 @click.argument("cluster")
 @run_config_option
 @alias_option
-@click.option("--examples", "-n", default=5, show_default=True, type=click.IntRange(min=0))
+@click.option("--examples", "-n", default=5, show_default=True, type=count(0))
 @json_option
 @click.pass_obj
 def show(db: Path, dataset, cluster, run_config, alias, examples: int, as_json: bool) -> None:
@@ -179,7 +184,7 @@ def show(db: Path, dataset, cluster, run_config, alias, examples: int, as_json: 
 @click.argument("cluster")
 @run_config_option
 @alias_option
-@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=0))
+@click.option("--limit", "-n", default=20, show_default=True, type=count(0))
 @json_option
 @click.pass_obj
 def texts(db: Path, dataset, cluster, run_config, alias, limit: int, as_json: bool) -> None:
@@ -196,6 +201,16 @@ def texts(db: Path, dataset, cluster, run_config, alias, limit: int, as_json: bo
     )
 
 
+def _writable(db: Path, out: Path) -> Path:
+    """`out`, unless it would overwrite the results, any DuckDB file or an input."""
+    kept = {
+        db: "the results database",
+        settings.run_configs_path(): "the run configurations",
+        settings.operations_path(): "the operations settings",
+    }
+    return check_output(out, kept, [settings.datasets_dir()])
+
+
 @click.command()
 @click.argument("dataset")
 @run_config_option
@@ -203,16 +218,24 @@ def texts(db: Path, dataset, cluster, run_config, alias, limit: int, as_json: bo
 @click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
 @click.option("--level", default=None, help="JSON: the level to export (default: the finest).")
 @click.option(
-    "--truncate", default=0, show_default=True, type=click.IntRange(min=0),
+    "--truncate", default=0, show_default=True, type=count(0),
     help="Cut texts to this many characters (0: whole).",
+)  # fmt: skip
+@click.option(
+    "--formula-guard/--no-formula-guard", default=True, show_default=True,
+    help="CSV: prefix cells starting with = + - @ tab or CR with ' so spreadsheets do not run "
+    "them as formulas; --no-formula-guard writes them exactly, for programs.",
 )  # fmt: skip
 @click.option("--out", "-o", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @click.pass_obj
-def export(db: Path, dataset, run_config, alias, fmt, level, truncate, out) -> None:
+def export(db: Path, dataset, run_config, alias, fmt, level, truncate, formula_guard, out) -> None:
     """The clusters with their texts: JSON as `llm cluster` writes it, or CSV / Parquet with one
-    row per text and its cluster at every level."""
+    row per text and its cluster at every level. Never written over the results database, any
+    DuckDB file or an input; written whole or not at all."""
     if fmt == "parquet" and out is None:
         raise InputError("parquet is binary: pass --out FILE")
+    if out is not None:
+        _writable(db, out)
     with _named_tree(db, dataset, run_config, alias) as (conn, named):
         rows = text_names(conn, named)
     if fmt == "json":
@@ -222,9 +245,11 @@ def export(db: Path, dataset, run_config, alias, fmt, level, truncate, out) -> N
         write_atomically(out, json.dumps(clusters, ensure_ascii=False, indent=2))
         return note(f"wrote {len(clusters)} clusters to {out}")
     table = text_table(named, rows, level, truncate)
+    if fmt == "csv" and formula_guard:
+        table = neutralise_formulas(table)
     if out is None:
-        return click.echo(table.write_csv(), nl=False)
-    table.write_csv(out) if fmt == "csv" else table.write_parquet(out)
+        return write_data(table.write_csv())
+    write_atomically(out, table.write_csv if fmt == "csv" else table.write_parquet)
     note(f"wrote {table.height} texts to {out}")
 
 
@@ -242,14 +267,21 @@ def export(db: Path, dataset, run_config, alias, fmt, level, truncate, out) -> N
 def map_command(db: Path, dataset, run_config, alias, out, open_browser, serve, port, as_json):
     """Write the interactive map of a partition (one self-contained HTML file) and print its
     path."""
+    if out is not None:
+        _writable(db, out)
     with read_only(db) as conn:
         part = resolve(conn, dataset, run_config)
         data = map_data(conn, part, alias)
-    path = write_atomically(out or default_path(db, part), render(data)).resolve()
+    page = render(data)
+    try:
+        path = write_atomically(out or default_path(db, part), page, create_parent=out is None)
+    except InputError as err:
+        raise InputError(f"{err}; pass --out to write the map elsewhere") from None
+    path = path.resolve()
     if as_json:
         emit_json({"path": str(path), "texts": data.points.height, "names": data.tree.names})
     else:
-        click.echo(str(path))
+        click.echo(visible(str(path)))
     if open_browser:
         import webbrowser
 

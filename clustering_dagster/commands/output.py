@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime
@@ -16,6 +17,15 @@ console = Console(highlight=False)
 if not console.is_terminal:
     console = Console(highlight=False, width=int(os.environ.get("COLUMNS", 160)))
 
+# Counts on the command line stay far below what DuckDB's LIMIT and numpy take (2^63 overflows).
+MAX_COUNT = 1_000_000_000
+
+
+def count(minimum: int) -> click.IntRange:
+    """An integer option from `minimum` to MAX_COUNT: anything else is a usage error."""
+    return click.IntRange(minimum, MAX_COUNT)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 run_config_option = click.option(
     "--run-config",
@@ -28,6 +38,25 @@ alias_option = click.option(
     default=None,
     help="Whose cluster names: an LLM summary alias, or 'keywords' (default: an LLM alias if any).",
 )
+
+
+# Characters a terminal acts on instead of showing: C0 and C1 controls (ESC starts colour, cursor,
+# clear-screen, hyperlink and title sequences; U+009B is a one-character CSI) and the bidi
+# overrides and isolates that reorder what is shown.
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# Of those, what json.dumps(ensure_ascii=False) leaves raw inside strings (it escapes C0 itself).
+JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def visible(text: str) -> str:
+    """`text` with every control character shown as an escape (`\\x1b`, `\\u202e`), so data
+    can neither drive the terminal nor hide itself."""
+    return UNSAFE.sub(lambda m: _escape(m.group()), text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _plain(value):
@@ -52,7 +81,17 @@ def _plain(value):
 def emit_json(value, lines: bool = False) -> None:
     """Indented JSON, or with `lines` one compact line (JSON Lines, one object per answer)."""
     indent = None if lines else 2
-    sys.stdout.write(json.dumps(_plain(value), ensure_ascii=False, indent=indent) + "\n")
+    text = json.dumps(_plain(value), ensure_ascii=False, indent=indent)
+    # exact JSON, with the controls json.dumps leaves raw (C1, bidi) escaped as \\uXXXX
+    text = JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def write_data(text: str) -> None:
+    """Data (CSV) on stdout exactly as it is, for a file or a pipe; on a terminal with its control
+    characters escaped, as `ls` shows odd file names."""
+    sys.stdout.write(visible(text) if sys.stdout.isatty() else text)
     sys.stdout.flush()
 
 
@@ -64,6 +103,7 @@ def show_table(
 ) -> None:
     """`columns` = (key, header); a header ending in '>' is right-aligned; `wrap` is the column
     that takes the remaining width."""
+    title = None if title is None else escape(visible(title))
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for key, header in columns:
         table.add_column(
@@ -74,7 +114,7 @@ def show_table(
             no_wrap=key != wrap,
         )
     for row in rows:
-        table.add_row(*[escape(_cell(row.get(key))) for key, _ in columns])
+        table.add_row(*[escape(visible(_cell(row.get(key)))) for key, _ in columns])
     console.print(table)
 
 
@@ -91,9 +131,9 @@ def _cell(value) -> str:
 
 
 def say(text: str) -> None:
-    console.print(escape(text))
+    console.print(escape(visible(text)))
 
 
 def note(text: str) -> None:
     """A line for people on stderr, so stdout stays data."""
-    click.echo(text, err=True)
+    click.echo(visible(text), err=True)

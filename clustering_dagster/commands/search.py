@@ -13,7 +13,15 @@ from ..core.errors import InputError
 from ..core.results import partitions, read_only, resolve
 from ..core.search import Searcher, search_clusters, search_texts
 from ..core.storage import Partition
-from .output import alias_option, emit_json, json_option, run_config_option, show_table
+from .output import (
+    alias_option,
+    count,
+    emit_json,
+    json_option,
+    note,
+    run_config_option,
+    show_table,
+)
 
 KINDS = ("clusters", "texts")
 
@@ -31,6 +39,33 @@ def _partitions(db: Path, dataset, run_config, within) -> list[Partition]:
     if within is not None and listed.height > 1:
         raise InputError("--within needs one partition: pass --dataset (and --run-config)")
     return [Partition(d, c) for d, c in listed.select("dataset", "run_config").iter_rows()]
+
+
+def checked(text: str, what: str) -> str:
+    """`text` if it is valid UTF-8 (a shell passes undecodable bytes on as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        byte = text[err.start].encode("utf-8", "surrogateescape").hex()
+        raise InputError(
+            f"{what} is not UTF-8 text: byte 0x{byte} at character {err.start + 1}"
+        ) from None
+    return text
+
+
+def _stdin_queries():
+    """Each non-empty line of stdin, or an InputError for a line that is not UTF-8."""
+    for number, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            yield InputError(
+                f"stdin line {number} is not UTF-8 text (byte 0x{raw[err.start]:02x} at byte "
+                f"{err.start + 1}): skipped"
+            )
+            continue
+        if text:
+            yield text
 
 
 def _path(row: dict) -> list[dict]:
@@ -92,7 +127,7 @@ def _show(result: dict, many: bool) -> None:
 @click.option("--clusters", "what", flag_value="clusters", help="Only clusters.")
 @click.option("--texts", "what", flag_value="texts", help="Only texts.")
 @click.option("--within", default=None, metavar="CLUSTER", help="Only inside this cluster.")
-@click.option("--limit", "-n", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", "-n", default=10, show_default=True, type=count(1))
 @json_option
 @click.pass_obj
 def search(db: Path, query, dataset, run_config, alias, what, within, limit, as_json) -> None:
@@ -102,8 +137,13 @@ def search(db: Path, query, dataset, run_config, alias, what, within, limit, as_
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     searcher = Searcher(db)
     kinds = KINDS if what is None else (what,)
-    queries = [q.strip() for q in sys.stdin if q.strip()] if query == "-" else [query]
+    queries = _stdin_queries() if query == "-" else [checked(query, "the query")]
+    skipped = 0
     for text in queries:
+        if isinstance(text, InputError):
+            skipped += 1
+            note(f"error: {text}")
+            continue
         result = answer(searcher, parts, alias, text, kinds, limit, within)
         if as_json and query == "-":
             emit_json(result, lines=True)
@@ -111,3 +151,5 @@ def search(db: Path, query, dataset, run_config, alias, what, within, limit, as_
             emit_json(result)
         else:
             _show(result, len(parts) > 1)
+    if skipped:
+        raise InputError(f"{skipped} line(s) of stdin were not UTF-8 and went unanswered")

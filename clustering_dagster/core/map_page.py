@@ -9,8 +9,6 @@ map name the top clusters.
 
 import html
 import json
-import os
-import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +44,17 @@ def default_path(database: Path, part: Partition) -> Path:
     return Path(database).parent / "maps" / f"{part.dataset}__{part.run_config}.html"
 
 
+def _plotly_text(text: str) -> str:
+    """Text for plotly's labels, which read a little HTML: `<`, `>` and `&` escaped, quotes kept
+    (plotly decodes `&lt;` but would show `&quot;` as it is)."""
+    return html.escape(text, quote=False)
+
+
 def _hover(text: str, chain: list[tuple[str, str, str]]) -> str:
     short = text if len(text) <= HOVER_CHARS else text[:HOVER_CHARS] + "..."
-    lines = [html.escape(line) for line in textwrap.wrap(short, HOVER_WIDTH)] or [""]
+    lines = [_plotly_text(line) for line in textwrap.wrap(short, HOVER_WIDTH)] or [""]
     names = [
-        f"<b>{html.escape(level)}</b> {html.escape(node)}: {html.escape(name or '')}"
+        f"<b>{_plotly_text(level)}</b> {_plotly_text(node)}: {_plotly_text(name or '')}"
         for level, node, name in chain
     ]
     return "<br>".join(lines + [""] + names)
@@ -86,7 +90,7 @@ def _page_data(data: MapData) -> dict:
             continue
         traces.append(
             {
-                "name": html.escape(f"{top['name']} ({top['size']})"),
+                "name": _plotly_text(f"{top['name']} ({top['size']})"),
                 "color": PALETTE[i % len(PALETTE)],
                 "x": mine["x"].round(4).to_list(),
                 "y": mine["y"].round(4).to_list(),
@@ -101,7 +105,7 @@ def _page_data(data: MapData) -> dict:
 def _label(name: str, points: pl.DataFrame, level: int) -> dict:
     """A name placed at the median of its points."""
     x, y = float(points["x"].median()), float(points["y"].median())
-    return {"text": html.escape(name), "x": x, "y": y, "level": level}
+    return {"text": _plotly_text(name), "x": x, "y": y, "level": level}
 
 
 def _second_labels(data: MapData) -> list[dict]:
@@ -134,23 +138,6 @@ def render(data: MapData) -> str:
         data=payload,
         script=SCRIPT,
     )
-
-
-def write_atomically(path: Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file and a rename: a reader sees the old page
-    or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 PAGE = """<!doctype html>
@@ -242,12 +229,21 @@ SCRIPT = r"""
     }, 150);
   });
 
+  function fromHash() {
+    const hash = location.hash.slice(1);
+    try {
+      return decodeURIComponent(hash);
+    } catch (err) {  // a malformed address (#q=%E0%A4%A): the search as typed
+      return hash;
+    }
+  }
+
   Plotly.newPlot(div, traces, layout, config).then(function () {
-    const hash = decodeURIComponent(location.hash.slice(1));
+    const hash = fromHash();
     if (hash.startsWith("q=")) {
       box.value = hash.slice(2);
       return highlight(box.value);
     }
-  }).then(function () { div.dataset.ready = "true"; });
+  }).finally(function () { div.dataset.ready = "true"; });
 })();
 """

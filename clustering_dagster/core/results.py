@@ -106,19 +106,35 @@ def partitions(conn) -> pl.DataFrame:
     ).pl()
 
 
-def resolve(conn, dataset: str, run_config: str | None = None) -> Partition:
-    """The partition named on the command line; without a run configuration, the dataset's only
-    one, or `default`. Unknown names end in an error listing the known ones."""
-    known = conn.execute(
+def _known(conn) -> list[tuple[str, str]]:
+    return conn.execute(
         f"SELECT DISTINCT dataset, run_config FROM {SCHEMA}.texts ORDER BY ALL"
     ).fetchall()
+
+
+def _check_dataset(known: list[tuple[str, str]], dataset: str) -> list[str]:
+    """The dataset's run configurations; an unknown dataset is an error listing the known ones."""
     datasets = sorted({d for d, _ in known})
     if dataset not in datasets:
         raise InputError(
             f"no results for dataset {dataset!r} (datasets with results: "
             f"{', '.join(datasets) or 'none'})"
         )
-    configs = [c for d, c in known if d == dataset]
+    return [c for d, c in known if d == dataset]
+
+
+def _check_run_config(configs: list[str], run_config: str, owner: str) -> None:
+    if run_config not in configs:
+        raise InputError(
+            f"{owner} no results for run configuration {run_config!r} "
+            f"(it has: {', '.join(sorted(set(configs))) or 'none'})"
+        )
+
+
+def resolve(conn, dataset: str, run_config: str | None = None) -> Partition:
+    """The partition named on the command line; without a run configuration, the dataset's only
+    one, or `default`. Unknown names end in an error listing the known ones."""
+    configs = _check_dataset(_known(conn), dataset)
     if run_config is None:
         if len(configs) == 1:
             return Partition(dataset, configs[0])
@@ -128,16 +144,19 @@ def resolve(conn, dataset: str, run_config: str | None = None) -> Partition:
             f"dataset {dataset!r} has results for run configurations {', '.join(configs)}: "
             "pass --run-config"
         )
-    if run_config not in configs:
-        raise InputError(
-            f"dataset {dataset!r} has no results for run configuration {run_config!r} "
-            f"(it has: {', '.join(configs)})"
-        )
+    _check_run_config(configs, run_config, f"dataset {dataset!r} has")
     return Partition(dataset, run_config)
 
 
 def runs(conn, dataset: str | None = None, run_config: str | None = None, limit: int = 20):
-    """The latest rows of the `runs` view, newest first."""
+    """The latest rows of the `runs` view, newest first; an unknown dataset or run configuration
+    is an error, as in `resolve`."""
+    known = _known(conn)
+    if dataset is not None:
+        known = [(dataset, c) for c in _check_dataset(known, dataset)]
+    if run_config is not None:
+        where = f"dataset {dataset!r} has" if dataset is not None else "the database holds"
+        _check_run_config([c for _, c in known], run_config, where)
     return conn.execute(
         f"SELECT * FROM {SCHEMA}.runs WHERE ($1 IS NULL OR dataset = $1) "
         "AND ($2 IS NULL OR run_config = $2) ORDER BY last_materialized_at DESC LIMIT $3",
