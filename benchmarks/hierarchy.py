@@ -3,8 +3,8 @@ sample, with the default run configuration and two other ways of building the up
 
 Every (dataset, run configuration) is materialised through every asset in this process, against
 `benchmarks/out/hierarchy.duckdb` (kept: a rerun reuses the vectors and, unless --reproject, the
-projections). Run configurations: `default` (the shipped one: the levels above the HDBSCAN
-clusters merged by Ward's method), `average` (the same, average linkage) and `hdbscan_levels`
+projections). Run configurations: `default` (the shipped one: as many levels above the HDBSCAN
+clusters as they need, merged by Ward's method), `average` (the same, average linkage) and `hdbscan_levels`
 (the former default: HDBSCAN fitted per level and nested by majority).
 
 Prints per level: nodes, the largest node's share of the texts, children per node, NMI and ARI
@@ -47,10 +47,9 @@ def run_configs(path: Path) -> list[str]:
     shipped = yaml.safe_load((REPO / "data" / "run_configs.yaml").read_text())
     default = shipped["default"]
     average = copy.deepcopy(default)
-    for level in average["levels"]:
-        if level["method"] == "merge":
-            level["linkage"] = "average"
+    average["upper_levels"]["linkage"] = "average"
     former = copy.deepcopy(default)
+    former.pop("upper_levels")
     former["levels"] = [
         {"name": "coarse", "method": "hdbscan", "min_cluster_size": 0.04, "min_samples": 10},
         {"name": "medium", "method": "hdbscan", "min_cluster_size": 0.015, "min_samples": 10},

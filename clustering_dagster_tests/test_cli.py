@@ -51,7 +51,8 @@ def test_datasets_lists_every_partition_with_results(explored):
     rows = {(r["dataset"], r["run_config"]): r for r in explored.json("datasets")}
     assert set(rows) == {(DATASET, "default"), (DATASET, LLM_CONFIG)}
     assert rows[(DATASET, "default")]["texts"] == 240
-    assert rows[(DATASET, "default")]["levels"] == ["coarse", "medium", "fine"]
+    levels = rows[(DATASET, "default")]["levels"]
+    assert levels[0] == "coarse" and levels[-1] == "fine" and len(levels) >= 2
     assert ALIAS in rows[(DATASET, LLM_CONFIG)]["aliases"]
     table = explored.run("datasets")
     assert table.returncode == 0 and DATASET in table.stdout and LLM_CONFIG in table.stdout
@@ -96,16 +97,23 @@ def test_tree_takes_the_llm_alias_names_when_there_is_one(explored):
 
 def test_show_gives_name_keywords_parent_children_and_typical_texts(explored):
     hierarchy = tree_rows(explored, "hierarchy")
-    node = hierarchy.filter((pl.col("level") == 1) & (pl.col("n_children") > 1)).row(0, named=True)
+    inner = hierarchy.filter(pl.col("n_children") > 1).sort("level", descending=True)
+    node = inner.row(0, named=True)  # the deepest node with children
     shown = explored.json("show", DATASET, node["node_id"], "--examples", "3")
     assert shown["name"] == node["label"] and shown["keywords"] == node["keywords"]
     assert shown["size"] == node["size"] and shown["parent"] == node["parent_id"]
     children = hierarchy.filter(pl.col("parent_id") == node["node_id"])
     assert [c["node_id"] for c in shown["children"]] == children["node_id"].to_list()
-    assert [p["node_id"] for p in shown["path"]] == [node["parent_id"], node["node_id"]]
+    parent_of = dict(zip(hierarchy["node_id"], hierarchy["parent_id"], strict=True))
+    path = [node["node_id"]]
+    while parent_of[path[0]] is not None:
+        path.insert(0, parent_of[path[0]])
+    assert [p["node_id"] for p in shown["path"]] == path
     typical = shown["typical_texts"]
     assert len(typical) == 3
-    assert {t["text"] for t in typical} <= node_texts(explored, "medium", [node["cluster_id"]])
+    assert {t["text"] for t in typical} <= node_texts(
+        explored, node["level_name"], [node["cluster_id"]]
+    )
     assert [t["similarity"] for t in typical] == sorted(
         (t["similarity"] for t in typical), reverse=True
     )
@@ -171,10 +179,10 @@ def test_export_csv_and_parquet_hold_one_row_per_text_with_every_level(explored,
     assert done.returncode == 0, done.stderr
     table = pl.read_csv(io.StringIO(done.stdout))
     assert table.height == 240
-    assert table.columns == [
-        "row_idx", "text_id", "text", "coarse_id", "coarse_name", "medium_id", "medium_name",
-        "fine_id", "fine_name",
-    ]  # fmt: skip
+    levels = explored.json("datasets")[0]["levels"]
+    assert table.columns == ["row_idx", "text_id", "text"] + [
+        f"{level}_{column}" for level in levels for column in ("id", "name")
+    ]
     out = tmp_path / "bank.parquet"
     written = explored.run("export", DATASET, "--format", "parquet", "--out", str(out))
     assert written.returncode == 0 and str(out) in written.stderr
@@ -214,7 +222,7 @@ def test_register_and_list_still_work(tmp_path):
         (["texts", DATASET, "12"], ["no cluster '12'", "fine/0-"]),
         (["tree", DATASET, "--alias", "gpt"], ["no alias 'gpt'", "keywords"]),
         (["export", DATASET, "--format", "xml"], ["'xml' is not one of", "--help"]),
-        (["export", DATASET, "--format", "json", "--level", "tiny"], ["no level 'tiny'", "medium"]),
+        (["export", DATASET, "--format", "json", "--level", "tiny"], ["no level 'tiny'", "coarse"]),
         (["export", DATASET, "--format", "parquet"], ["--out"]),
         (["search", "refund", "--within", "fine/0"], ["--within needs one partition"]),
         (["texts", DATASET, "fine/0", "--limit", "-3"], ["--limit"]),

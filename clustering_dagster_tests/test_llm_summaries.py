@@ -579,7 +579,7 @@ def test_shipped_llm_example_names_a_local_model_and_is_never_run_automatically(
     config = load_run_configs(SHIPPED_CONFIGS)["llm_example"]
     assert config.labeler.aliases() == ["llama31", "llama31_support"]
     assert config.labeler.summaries["llama31"].model.startswith("ollama/")
-    assert (
-        not config.active and config.levels == load_run_configs(SHIPPED_CONFIGS)["default"].levels
-    )
+    default = load_run_configs(SHIPPED_CONFIGS)["default"]
+    assert not config.active and config.levels == default.levels
+    assert config.upper_levels == default.upper_levels
     assert load_run_configs(SHIPPED_CONFIGS)["default"].labeler.aliases() == ["keywords"]

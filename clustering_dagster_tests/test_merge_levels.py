@@ -1,5 +1,7 @@
 """Upper levels merged from the finest clusters: real texts, the real MiniLM model and UMAP."""
 
+from itertools import pairwise
+
 import numpy as np
 import polars as pl
 import pytest
@@ -11,20 +13,33 @@ from clustering_dagster.core.cluster import fit_levels, parents
 from clustering_dagster.core.embed import make_encoder, normalise_rows
 from clustering_dagster.core.errors import InputError
 from clustering_dagster.core.project import project
-from clustering_dagster.core.run_config import EmbeddingConfig, ProjectionConfig, load_run_configs
+from clustering_dagster.core.run_config import (
+    EmbeddingConfig,
+    LevelConfig,
+    ProjectionConfig,
+    load_run_configs,
+)
+from clustering_dagster.core.upper_levels import upper_levels
 
 from .conftest import REPO, SHIPPED_CONFIGS, banking_slice
 
 HWU64 = REPO / "data" / "hwu64" / "hwu64.csv"
 FOUR_TOPICS = ["alarm", "audio", "email", "transport"]  # HWU64 scenarios of 3-4 intents each
-DEFAULT_LEVELS = load_run_configs(SHIPPED_CONFIGS)["default"].levels
+DEFAULT = load_run_configs(SHIPPED_CONFIGS)["default"]
+# Two merge levels listed explicitly above the shipped fine level: the merge mechanics under test.
+EXPLICIT_LEVELS = (
+    LevelConfig(name="coarse", method="merge", n_clusters=8, min_gap=2.0),
+    LevelConfig(name="medium", method="merge", branching=3),
+    DEFAULT.levels[-1],
+)
 
 
 def embed_and_cluster(texts: list[str]):
-    """Unit embeddings of the texts and the default levels fitted on them (UMAP seeded)."""
+    """Unit embeddings of the texts, their cluster space (UMAP seeded) and the explicit levels
+    fitted on them."""
     vectors = normalise_rows(make_encoder(EmbeddingConfig())(texts))
     space = project(vectors, ProjectionConfig(random_state=0)).cluster_space
-    return vectors, fit_levels(space, vectors, DEFAULT_LEVELS, seed=0)
+    return vectors, space, fit_levels(space, vectors, EXPLICIT_LEVELS, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +52,16 @@ def four_topics():
         .group_by("scenario", maintain_order=True)
         .map_groups(lambda group: group.sample(130, seed=0))
     )
-    vectors, levels = embed_and_cluster(frame["text"].to_list())
+    vectors, _, levels = embed_and_cluster(frame["text"].to_list())
     return frame, vectors, levels
 
 
 @pytest.fixture(scope="module")
 def banking():
-    """600 Banking77 queries (30 intents) clustered with the default levels."""
+    """600 Banking77 queries (30 intents) clustered with the explicit levels."""
     frame = banking_slice(30)
-    vectors, levels = embed_and_cluster(frame["text"].to_list())
-    return frame, vectors, levels
+    vectors, space, levels = embed_and_cluster(frame["text"].to_list())
+    return frame, vectors, space, levels
 
 
 def test_four_separate_topics_come_out_as_four_top_nodes(four_topics):
@@ -69,7 +84,7 @@ def test_without_the_gap_rule_the_target_decides(four_topics):
 
 
 def test_upper_levels_are_unions_of_the_clusters_below_and_move_no_text(banking):
-    frame, _, levels = banking
+    frame, _, _, levels = banking
     top, medium, fine = levels
     assert [level.method for level in levels] == ["merge", "merge", "hdbscan"]
     for coarser, finer in [(top, medium), (medium, fine)]:
@@ -150,8 +165,52 @@ def test_misordered_or_ill_formed_levels_are_errors_naming_file_and_entry(
     assert message in str(err.value)
 
 
-def test_the_shipped_levels_are_listed_coarse_first_and_merge_the_finest():
-    names = [(level.name, level.method) for level in DEFAULT_LEVELS]
-    assert names == [("coarse", "merge"), ("medium", "merge"), ("fine", "hdbscan")]
+def test_the_shipped_levels_cluster_the_finest_and_add_merged_levels_above():
+    assert [(level.name, level.method) for level in DEFAULT.levels] == [("fine", "hdbscan")]
+    assert DEFAULT.upper_levels is not None
     example = load_run_configs(SHIPPED_CONFIGS)["llm_example"]
-    assert example.levels == DEFAULT_LEVELS  # the *default_levels anchor
+    assert example.levels == DEFAULT.levels  # the *default_levels anchor
+    assert example.upper_levels == DEFAULT.upper_levels
+
+
+@pytest.mark.parametrize(
+    ("fine", "names"),
+    [
+        (12, ["coarse"]),
+        (40, ["coarse"]),
+        (80, ["coarse", "medium"]),
+        (141, ["coarse", "medium"]),
+        (500, ["coarse", "medium", "medium_2"]),
+        (2000, ["coarse", "medium", "medium_2", "medium_3"]),
+        (20000, ["coarse", "medium", "medium_2", "medium_3", "medium_4"]),
+    ],
+)
+def test_the_number_of_upper_levels_follows_the_fine_clusters(fine, names):
+    levels = upper_levels(fine, DEFAULT.upper_levels)
+    assert [level.name for level in levels] == names
+    counts = [level.n_clusters for level in levels] + [fine]
+    assert 3 <= counts[0] <= 25  # the top
+    for coarser, finer in pairwise(counts):
+        assert 2.5 <= finer / coarser <= 15  # children per node, on average (about 3 to 15)
+    assert [level.min_gap for level in levels] == [2.0] + [None] * (len(levels) - 1)
+
+
+def test_real_clusters_get_a_readable_tree_above_them(banking):
+    frame, vectors, space, _ = banking
+    levels = fit_levels(space, vectors, DEFAULT.levels, 0, upper=DEFAULT.upper_levels)
+    fine = levels[-1]
+    expected = [level.name for level in upper_levels(fine.n_clusters, DEFAULT.upper_levels)]
+    assert [level.name for level in levels] == [*expected, "fine"]
+    assert 3 <= levels[0].n_clusters <= 25
+    for coarser, finer in pairwise(levels):
+        children = np.bincount(list(parents(finer.labels, coarser.labels).values()))
+        assert 1.5 <= children.mean() <= 15
+        for cluster in range(finer.n_clusters):  # nested
+            assert len(np.unique(coarser.labels[finer.labels == cluster])) == 1
+
+
+def test_upper_levels_cannot_reuse_their_names(tmp_path):
+    path = tmp_path / "configs.yaml"
+    path.write_text("bad: {levels: [{name: medium}], upper_levels: {}}\n")
+    with pytest.raises(InputError, match="rename level 'medium'"):
+        load_run_configs(path)["bad"]

@@ -35,8 +35,9 @@ def test_full_pipeline_produces_a_checked_named_hierarchy(workspace):
         "SELECT level_name, count(*) AS n, count(DISTINCT cluster_id) AS k "
         "FROM clustering.assignments GROUP BY level_name ORDER BY min(level)"
     )
-    assert per_level["level_name"].to_list() == ["coarse", "medium", "fine"]
-    assert per_level["n"].to_list() == [queries.height] * 3
+    names = per_level["level_name"].to_list()
+    assert names[0] == "coarse" and names[-1] == "fine" and len(names) >= 2
+    assert per_level["n"].to_list() == [queries.height] * len(names)
     assert per_level["k"].to_list() == sorted(per_level["k"].to_list())
 
     tree = workspace.sql("SELECT * FROM clustering.hierarchy ORDER BY position")
@@ -45,7 +46,7 @@ def test_full_pipeline_produces_a_checked_named_hierarchy(workspace):
     roots = tree.filter(pl.col("parent_id").is_null())
     assert roots["size"].sum() == queries.height
     assert tree["label"].str.len_chars().min() > 0
-    labels = workspace.sql("SELECT * FROM clustering.cluster_labels WHERE level = 2")
+    labels = workspace.sql("SELECT * FROM clustering.cluster_labels WHERE level_name = 'fine'")
     assert labels["keywords"].list.len().min() > 0 and labels["examples"].list.len().min() > 0
 
     vectors = workspace.sql(
@@ -118,7 +119,7 @@ def test_degenerate_datasets_give_a_sane_result(workspace, name, texts):
         "levels_nested": True,
         "ground_truth_agreement": True,
     }
-    fine = workspace.sql("SELECT cluster_id FROM clustering.assignments WHERE level = 2")
+    fine = workspace.sql("SELECT cluster_id FROM clustering.assignments WHERE level_name = 'fine'")
     assert fine.height == len(texts)
     assert fine["cluster_id"].n_unique() <= len(set(texts))
     assert metadata(result, "embeddings")["newly_embedded"] == len(set(texts))

@@ -10,7 +10,8 @@ def test_shipped_configs_load_with_defaults_filled_in():
     configs = load_run_configs(SHIPPED_CONFIGS)
     assert {"default", "kmeans"} <= set(configs)
     default = configs["default"]
-    assert [level.name for level in default.levels] == ["coarse", "medium", "fine"]
+    assert [level.name for level in default.levels] == ["fine"]
+    assert default.upper_levels.top_clusters == 10  # merged levels above, as many as needed
     assert configs["kmeans"].embedding == default.embedding
     assert default.params()["projection"]["n_components"] == 5
 

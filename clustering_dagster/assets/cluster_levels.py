@@ -185,6 +185,7 @@ def cluster_levels(
         config.levels,
         config.projection.random_state,
         coords["fitted"].to_numpy(),
+        config.upper_levels,
     )
     has_truth = truth_column.is_not_null().any()
     truth = truth_column.to_numpy() if has_truth else None

@@ -9,7 +9,8 @@ from itertools import pairwise
 import numpy as np
 
 from .agglomerate import merge_clusters
-from .run_config import LevelConfig
+from .run_config import LevelConfig, UpperLevelsConfig
+from .upper_levels import upper_levels
 from .vote import Voters, find_voters, vote
 
 
@@ -39,13 +40,19 @@ MAX_FIT_POINTS = 100_000
 VOTE_NEIGHBOURS = 10
 # min_samples shrinks with a sample, but not below this (1 would make HDBSCAN single linkage).
 MIN_SCALED_MIN_SAMPLES = 5
+# Nor does the minimum cluster size: a sample of m texts standing for n resolves no topic of
+# fewer than about MIN_FITTED_SIZE * n / m texts (raise projection.fit_sample to see smaller).
+MIN_FITTED_SIZE = 5
 # Points compared with the centroids at a time.
 BATCH_ROWS = 100_000
 
 
 def min_cluster_size(level: LevelConfig, n: int) -> int:
+    """The level's minimum cluster size in texts, among `n` texts."""
     if level.min_cluster_size < 1:
         size = max(MIN_SHARE_BASED_SIZE, round(level.min_cluster_size * n))
+        if level.min_cluster_size_cap is not None:
+            size = min(size, max(MIN_SHARE_BASED_SIZE, round(level.min_cluster_size_cap)))
     else:
         size = round(level.min_cluster_size)
     return int(max(2, min(size, n)))
@@ -104,7 +111,8 @@ def _hdbscan(
 
     n = len(space)
     scale = n / represents
-    size = max(2, round(min_cluster_size(level, represents) * scale))
+    size = round(min_cluster_size(level, represents) * scale)
+    size = max(2, size if scale == 1 else max(size, MIN_FITTED_SIZE))
     if n <= size:  # no room for two clusters: everything is one
         return np.zeros(n, np.int32), np.ones(n, np.float32), np.zeros(n, bool)
     min_samples = None
@@ -238,14 +246,16 @@ def fit_levels(
     levels: Sequence[LevelConfig],
     seed: int | None,
     fitted: np.ndarray | None = None,
+    upper: UpperLevelsConfig | None = None,
 ) -> list[Level]:
     """All levels, coarse first, each a union of the clusters of the level below.
 
     Levels are built from the finest up: `hdbscan` and `kmeans` levels are fitted on the cluster
     space and then nested; `merge` levels join the clusters of the level below by their
-    embeddings (`vectors`). When the projection fitted only some texts (`fitted`), the fitted
-    levels are fitted on those and the other texts voted in. Cluster ids are ordered by size
-    (0 = largest).
+    embeddings (`vectors`); with `upper`, as many merge levels as the coarsest listed level's
+    clusters need are added above it. When the projection fitted only some texts (`fitted`), the
+    fitted levels are fitted on those and the other texts voted in. Cluster ids are ordered by
+    size (0 = largest).
     """
     if levels[-1].method == "merge":
         raise ValueError(f"the finest level, {levels[-1].name!r}, cannot be method merge")
@@ -257,10 +267,19 @@ def fit_levels(
             built = _merged(level, finer, vectors)
         else:
             built = _nested(level, _fit_everywhere(space, fit, level, seed), finer)
-        labels = np.unique(built.labels, return_inverse=True)[1].astype(np.int32)
-        finer = replace(built, labels=_relabel_by_size(labels))
+        finer = _ordered(built)
         result.append(finer)
+    if upper is not None:
+        for level in reversed(upper_levels(finer.n_clusters, upper)):
+            finer = _ordered(_merged(level, finer, vectors))
+            result.append(finer)
     return result[::-1]
+
+
+def _ordered(level: Level) -> Level:
+    """The level with its cluster ids 0..k-1, by size (0 = largest)."""
+    labels = np.unique(level.labels, return_inverse=True)[1].astype(np.int32)
+    return replace(level, labels=_relabel_by_size(labels))
 
 
 # Members' cosine distance to their centroid below which this share of them lies: a cluster's radius.

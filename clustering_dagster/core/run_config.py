@@ -53,7 +53,12 @@ class ProjectionConfig(StrictModel):
 
 # The fields each clustering method reads; any other method's field given on a level is an error.
 METHOD_FIELDS = {
-    "hdbscan": {"min_cluster_size", "min_samples", "cluster_selection_method"},
+    "hdbscan": {
+        "min_cluster_size",
+        "min_cluster_size_cap",
+        "min_samples",
+        "cluster_selection_method",
+    },
     "kmeans": {"k"},
     "merge": {"n_clusters", "branching", "linkage", "min_gap"},
 }
@@ -67,6 +72,12 @@ class LevelConfig(StrictModel):
     method: Literal["hdbscan", "kmeans", "merge"] = "hdbscan"
     min_cluster_size: float = Field(
         0.003, gt=0, description="texts per cluster at least; a value below 1 is a share of n"
+    )
+    min_cluster_size_cap: float | None = Field(
+        None,
+        ge=2,
+        description="a share-based min_cluster_size is never above this many texts, so data with "
+        "many topics is not merged into few clusters",
     )
     min_samples: int | None = Field(None, ge=1)
     cluster_selection_method: Literal["eom", "leaf"] = "eom"
@@ -107,6 +118,27 @@ class LevelConfig(StrictModel):
             unit = "share" if self.min_cluster_size < 1 else "texts"
             return f"min_cluster_size {unit}", -self.min_cluster_size
         return None
+
+
+class UpperLevelsConfig(StrictModel):
+    """Merged levels above the coarsest listed level, as many as its clusters need (names:
+    coarse, medium, medium_2, ... top first)."""
+
+    top_clusters: float = Field(10, ge=2, description="about this many nodes at the top")
+    max_branching: float = Field(
+        5, gt=1, description="children per node at most, on average, before a level is added"
+    )
+    min_branching: float = Field(3, gt=1, description="children per node at least, on average")
+    linkage: Literal["ward", "average"] = "ward"
+    min_gap: float | None = Field(
+        2.0, gt=1, description="the top level: cut at a clear gap in the join costs (see merge)"
+    )
+
+    @model_validator(mode="after")
+    def _branching_order(self):
+        if self.min_branching > self.max_branching:
+            raise ValueError("upper_levels: min_branching cannot exceed max_branching")
+        return self
 
 
 def check_level_order(levels: Sequence[LevelConfig]) -> None:
@@ -220,6 +252,9 @@ class RunConfig(StrictModel):
     embedding: EmbeddingConfig = EmbeddingConfig()
     projection: ProjectionConfig = ProjectionConfig()
     levels: tuple[LevelConfig, ...] = Field(min_length=1)
+    upper_levels: UpperLevelsConfig | None = Field(
+        None, description="merged levels added above the listed ones, as many as needed"
+    )
     labeler: LabelerConfig = LabelerConfig()
     quality: QualityConfig = QualityConfig()
     incremental: IncrementalConfig = IncrementalConfig()
@@ -229,6 +264,13 @@ class RunConfig(StrictModel):
         names = [level.name for level in self.levels]
         if len(set(names)) != len(names):
             raise ValueError(f"level names must be unique, got {names}")
+        if self.upper_levels is not None:
+            clash = [n for n in names if n in ("coarse", "medium") or n.startswith("medium_")]
+            if clash:
+                raise ValueError(
+                    f"with upper_levels, the levels above are named coarse, medium, medium_2, "
+                    f"...: rename level {clash[0]!r}"
+                )
         check_level_order(self.levels)
         return self
 
