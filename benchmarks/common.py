@@ -96,7 +96,7 @@ def forget_projections(database: Path) -> None:
     """Delete every stored projection, so that the next materialisation computes its own."""
     import duckdb
 
-    from clustering_dagster.core.storage import STORE
+    from clustering_dagster.core.storage.store import STORE
 
     with duckdb.connect(str(database)) as conn:
         conn.execute(f"DELETE FROM {STORE}.projections")

@@ -10,7 +10,8 @@ minus KMeans, the worst set), `min_count_ratio` and `max_count_ratio` (fine clus
 `union_nmi`, `union_ari`, and the seconds. The vectors are kept in
 `benchmarks/out/generalization.duckdb` between runs; every run projects and clusters afresh.
 
-Usage: python benchmarks/generalization.py [--smoke]   (--smoke: 300-text sets, about a minute)
+Usage, from the repository root: python -m benchmarks.generalization [--smoke]
+(--smoke: 300-text sets, about a minute; `benchmarks/out/generalization_smoke.duckdb`)
 """
 
 import argparse
@@ -19,7 +20,8 @@ import time
 
 import numpy as np
 import polars as pl
-from common import OUT, REPO, forget_projections, machine, materialise, published_levels
+
+from benchmarks.common import OUT, REPO, forget_projections, machine, materialise, published_levels
 
 DATABASE = OUT / "generalization.duckdb"
 FOLDER = OUT / "generalization_datasets"
@@ -49,8 +51,8 @@ def kmeans_scores(database, dataset: str, fine: pl.DataFrame, k: int) -> tuple[f
     import duckdb
     from sklearn.cluster import KMeans
 
-    from clustering_dagster.core.evaluate import agreement
-    from clustering_dagster.core.storage import Partition, partition_vectors
+    from clustering_dagster.core.clustering.evaluate import agreement
+    from clustering_dagster.core.storage.store import Partition, partition_vectors
 
     with duckdb.connect(str(database), read_only=True) as conn:
         rows, vectors = partition_vectors(conn, Partition(dataset, "default"))
@@ -61,7 +63,7 @@ def kmeans_scores(database, dataset: str, fine: pl.DataFrame, k: int) -> tuple[f
 
 
 def main() -> None:
-    from clustering_dagster.core.evaluate import agreement
+    from clustering_dagster.core.clustering.evaluate import agreement
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="300-text sets, for the tests")

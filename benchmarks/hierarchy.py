@@ -12,7 +12,10 @@ against the fine labels (intents) and, for HWU64, against the scenarios, and the
 holding a function word of issue 8's list (ISSUE_FUNCTION_WORDS, shared with the tests). The last line is one JSON object (default
 configuration); `hwu64_top_scenario_*` is the best upper level with 10 to 30 nodes.
 
-Usage: python benchmarks/hierarchy.py [--reproject] [--datasets hwu64,banking77,banking77_sample]
+Usage, from the repository root:
+    python -m benchmarks.hierarchy [--reproject] [--datasets hwu64,banking77,banking77_sample]
+    python -m benchmarks.hierarchy --smoke   (200 random texts of each dataset, every
+        configuration, in a temporary folder: a minute or two)
 """
 
 import argparse
@@ -20,13 +23,15 @@ import copy
 import json
 import os
 import re
-import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import yaml
-from common import (
+
+from benchmarks.common import (
+    LABELLED,
     OUT,
     REPO,
     forget_projections,
@@ -35,11 +40,11 @@ from common import (
     materialise,
     published_levels,
 )
-
-sys.path.insert(0, str(REPO))
+from clustering_dagster_tests.support.vocabulary import ISSUE_FUNCTION_WORDS
 
 DATABASE = OUT / "hierarchy.duckdb"
 DATASETS = ["hwu64", "banking77", "banking77_sample"]
+SMOKE_TEXTS = 200
 
 
 def run_configs(path: Path) -> list[str]:
@@ -67,25 +72,35 @@ def run_configs(path: Path) -> list[str]:
 
 
 def scores(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
-    from clustering_dagster.core.evaluate import agreement
+    from clustering_dagster.core.clustering.evaluate import agreement
 
     result = agreement(truth, predicted)
     return round(result["nmi"], 3), round(result["ari"], 3)
 
 
 def has_function_word(label: str) -> bool:
-    # imported late: the code location must first read main()'s CLUSTERING_RUN_CONFIGS
-    from clustering_dagster_tests.test_keyphrases import ISSUE_FUNCTION_WORDS
-
     return bool(set(re.findall(r"[a-z0-9]+", label.lower())) & ISSUE_FUNCTION_WORDS)
 
 
-def level_table(dataset: str, run_config: str) -> list[dict]:
+def smoke_datasets(folder: Path, n: int) -> Path:
+    """A datasets folder holding `n` random texts of each labelled dataset (same names,
+    same YAML)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for key in DATASETS:
+        source, spec = LABELLED[key]
+        files = sorted(source.glob("*.csv")) if source.is_dir() else [source]
+        frame = pl.concat(pl.read_csv(f) for f in files)
+        frame.sample(min(n, frame.height), seed=0).write_csv(folder / f"{key}.csv")
+        (folder / f"{key}.yaml").write_text(spec)
+    return folder
+
+
+def level_table(database: Path, dataset: str, run_config: str) -> list[dict]:
     """Per level: nodes, largest share, children per node, agreement, function-word labels."""
     import duckdb
 
-    frame = published_levels(DATABASE, dataset, run_config)
-    with duckdb.connect(str(DATABASE), read_only=True) as conn:
+    frame = published_levels(database, dataset, run_config)
+    with duckdb.connect(str(database), read_only=True) as conn:
         labels = conn.execute(
             "SELECT level, label FROM clustering.cluster_labels "
             "WHERE dataset = ? AND run_config = ?",
@@ -165,22 +180,33 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reproject", action="store_true", help="recompute the projections")
     parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--smoke", action="store_true", help="a few hundred texts, for the tests")
     args = parser.parse_args()
-    datasets = args.datasets.split(",")
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="hierarchy_smoke_") as tmp:
+            work = Path(tmp)
+            folder = smoke_datasets(work / "datasets", SMOKE_TEXTS)
+            run(work / "hierarchy.duckdb", folder, work / "run_configs.yaml", DATASETS)
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     folder = link_datasets(OUT / "hierarchy_datasets", DATASETS)
-    configs_path = OUT / "hierarchy_run_configs.yaml"
+    if args.reproject and DATABASE.exists():
+        forget_projections(DATABASE)
+    run(DATABASE, folder, OUT / "hierarchy_run_configs.yaml", args.datasets.split(","))
+
+
+def run(database: Path, folder: Path, configs_path: Path, datasets: list[str]) -> None:
+    """Materialise every dataset with every configuration into `database`; print the tables and,
+    when all datasets ran, the JSON line."""
     configs = run_configs(configs_path)
     # the run_config partitions are read from this file when the code location is imported
     os.environ["CLUSTERING_RUN_CONFIGS"] = str(configs_path)
-    if args.reproject and DATABASE.exists():
-        forget_projections(DATABASE)
     tables, seconds = {}, {}
     for dataset in datasets:
         for config in configs:
-            result = materialise(DATABASE, folder, dataset, config, configs_path)
+            result = materialise(database, folder, dataset, config, configs_path)
             seconds[(dataset, config)] = result["seconds"]
-            tables[(dataset, config)] = level_table(dataset, config)
+            tables[(dataset, config)] = level_table(database, dataset, config)
     print(machine())
     for (dataset, config), rows in tables.items():
         print_table(dataset, config, rows, seconds[(dataset, config)])

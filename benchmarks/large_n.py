@@ -13,22 +13,27 @@ the shipped `default` fine level, NMI against the 77 intents. Per round, side by
 Each round draws new samples (and UMAP, multi-threaded, differs on every fit), so the figures are
 means over ROUNDS rounds. The last line is one JSON object: the mean fine NMI per variant.
 
-Usage: python benchmarks/large_n.py [--rounds 3] [--sample 5000]
+Usage, from the repository root:
+    python -m benchmarks.large_n [--rounds 3] [--sample 5000]
+    python -m benchmarks.large_n --smoke   (600 random Banking77 queries embedded in a temporary
+        folder, a sample of 300, one round: about a minute)
 """
 
 import argparse
 import json
+import tempfile
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
-from common import REPO, machine
-from scale import banking77
 
-from clustering_dagster.core import project as projection
-from clustering_dagster.core.cluster import fit_levels
-from clustering_dagster.core.embed import normalise_rows
-from clustering_dagster.core.evaluate import agreement
-from clustering_dagster.core.run_config import load_run_configs
+from benchmarks.common import REPO, machine
+from benchmarks.scale import banking77
+from clustering_dagster.core.clustering.cluster import fit_levels
+from clustering_dagster.core.clustering.evaluate import agreement
+from clustering_dagster.core.config.run_config import load_run_configs
+from clustering_dagster.core.embedding.embed import normalise_rows
+from clustering_dagster.core.projection import project as projection
 
 VARIANTS = ["all", "large_n", "no_representatives", "hdbscan_on_placed", "sampled_hdbscan"]
 
@@ -37,8 +42,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sample", type=int, default=5_000)
+    parser.add_argument("--smoke", action="store_true", help="600 texts, sample 300, one round")
     args = parser.parse_args()
-    texts, vectors = banking77()
+    if args.smoke:
+        args.rounds, args.sample = 1, 300
+        with tempfile.TemporaryDirectory(prefix="large_n_smoke_") as tmp:
+            texts, vectors = banking77(Path(tmp), 600)
+    else:
+        texts, vectors = banking77()
     vectors = normalise_rows(vectors)
     truth = texts["category"].to_numpy()
     default = load_run_configs(REPO / "data" / "run_configs.yaml")["default"]

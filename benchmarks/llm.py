@@ -11,7 +11,9 @@ which answers every chat call after a fixed latency (200 ms):
 Calls are the HTTP requests the assets report sending (metadata `llm_calls`). Wall times are of
 the two assets' materialisation (Dagster and all). Prints the top of the merged tree; the last
 line is one JSON object.
-Usage: python benchmarks/llm.py [--sample] [--latency 0.2]
+
+Usage, from the repository root: python -m benchmarks.llm [--sample] [--latency 0.2] [--smoke]
+(--smoke: the sample's first 15 categories, 300 queries, latency 10 ms: under a minute)
 """
 
 import argparse
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 BANKING77 = REPO / "data" / "banking77"
 SAMPLE = REPO / "data" / "datasets" / "banking77_sample.csv"
+SMOKE_CATEGORIES = 15  # of the shipped sample, 20 queries each
 RUN_CONFIG = "llm_example"  # a shipped partition key; the parameters are this benchmark's
 
 
@@ -61,14 +64,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sample", action="store_true", help="the 1,540-query sample only")
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per chat call")
+    parser.add_argument("--smoke", action="store_true", help="300 queries, latency 10 ms")
     args = parser.parse_args()
+    if args.smoke:
+        args.latency = 0.01
 
     from dagster import DagsterInstance, materialize
     from dagster_duckdb import DuckDBResource
 
     from clustering_dagster.assets import LLM_ASSETS, LLM_INPUTS
-    from clustering_dagster.core.hierarchy import render_tree
-    from clustering_dagster.core.storage import connect
+    from clustering_dagster.core.labelling.hierarchy import render_tree
+    from clustering_dagster.core.storage.store import connect
     from clustering_dagster.partitions import partition_key
     from clustering_dagster.resources import ClusteringSettings
 
@@ -76,7 +82,7 @@ def main() -> None:
         [
             sys.executable,
             "-m",
-            "clustering_dagster_tests.openai_server",
+            "clustering_dagster_tests.support.openai_server",
             "--latency",
             str(args.latency),
         ],
@@ -90,6 +96,11 @@ def main() -> None:
         workdir = Path(tmp)
         (workdir / "datasets").mkdir()
         source = SAMPLE if args.sample else BANKING77
+        if args.smoke:
+            sample = pl.read_csv(SAMPLE)
+            keep = sorted(sample["category"].unique())[:SMOKE_CATEGORIES]
+            source = workdir / "banking77_smoke.csv"
+            sample.filter(pl.col("category").is_in(keep)).write_csv(source)
         (workdir / "datasets" / f"banking77{source.suffix}").symlink_to(source)
         configs = workdir / "run_configs.yaml"
         database = workdir / "bench.duckdb"

@@ -11,29 +11,33 @@ object: clusters, named_by_model_share (base clusters titled by the model), node
 nodes_named_share (tree nodes with a non-empty title, from the model or a flagged fallback),
 fallbacks (the sum of every step of both assets), server_errors (5xx answers other than refused
 forms, plus one if the server died) and seconds (the two assets' materialisation).
-Usage: python benchmarks/local_llm.py [--categories 15] [--threads 1]
+
+Usage, from the repository root:
+    python -m benchmarks.local_llm [--categories 15] [--threads 1] [--smoke]
+(--smoke: 4 categories, 80 queries, so only a few clusters to name, merged two to a parent so
+that the merged hierarchy still asks the model; a minute or two)
 """
 
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from clustering_dagster_tests.support.paths import REPO
 
 RUN_CONFIG = "llm_example"  # a shipped partition key; the parameters are this benchmark's
 ALIAS = "local"
 
 
-def run_config(api_base: str) -> str:
+def run_config(api_base: str, merge_ratio: float | None = None) -> str:
     shipped = yaml.safe_load((REPO / "data" / "run_configs.yaml").read_text())
     settings = {"model": "openai/smollm2", "api_base": api_base, "max_concurrency": 2}
+    if merge_ratio is not None:
+        settings["merge_ratio"] = merge_ratio
     return yaml.safe_dump(
         {
             RUN_CONFIG: {
@@ -48,19 +52,22 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--categories", type=int, default=15, help="Banking77 categories (x20)")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
+    parser.add_argument("--smoke", action="store_true", help="4 categories: a few clusters")
     args = parser.parse_args()
+    if args.smoke:
+        args.categories = 4
     os.environ.setdefault("OPENAI_API_KEY", "dummy")  # a local server takes any key
 
     from clustering_dagster.assets import LLM_ASSETS, LLM_INPUTS
-    from clustering_dagster_tests.conftest import Workspace, banking_slice, metadata
-    from clustering_dagster_tests.llama_server import LlamaServer
+    from clustering_dagster_tests.support.llama_server import LlamaServer
+    from clustering_dagster_tests.support.workspace import Workspace, banking_slice, metadata
 
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Workspace(Path(tmp))
         texts = banking_slice(args.categories)
         workspace.add_dataset("bank", texts)
         with LlamaServer(Path(tmp) / "server.log", threads=args.threads) as server:
-            workspace.write_configs(run_config(server.api_base))
+            workspace.write_configs(run_config(server.api_base, 2 if args.smoke else None))
             assert workspace.materialize("bank", RUN_CONFIG, assets=LLM_INPUTS)
             started = time.perf_counter()
             result = workspace.materialize("bank", RUN_CONFIG, assets=LLM_ASSETS)

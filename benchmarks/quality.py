@@ -6,7 +6,10 @@ against one temporary DuckDB file:
   warm    embeddings cached, projection recomputed (its rows are deleted first)
   rerun   nothing changed: embeddings cached and the projection reused
 Prints per level the cluster count, NMI, ARI and the share HDBSCAN left unassigned; the last line
-is one JSON object. Usage: python benchmarks/quality.py [--run-config default]
+is one JSON object.
+
+Usage, from the repository root: python -m benchmarks.quality [--run-config default] [--smoke]
+(--smoke: 400 random Banking77 queries instead of all of them; about a minute)
 """
 
 import argparse
@@ -16,13 +19,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import forget_projections, link_datasets, machine, materialise, published_levels
+import polars as pl
+
+from benchmarks.common import (
+    LABELLED,
+    REPO,
+    forget_projections,
+    link_datasets,
+    machine,
+    materialise,
+    published_levels,
+)
+
+SMOKE_TEXTS = 400
 
 
 def level_figures(database: Path, run_config: str) -> list[dict]:
     import numpy as np
 
-    from clustering_dagster.core.evaluate import agreement
+    from clustering_dagster.core.clustering.evaluate import agreement
 
     frame = published_levels(database, "banking77", run_config)
     figures = []
@@ -32,6 +47,7 @@ def level_figures(database: Path, run_config: str) -> list[dict]:
             {
                 "level": name,
                 "clusters": rows["cluster_id"].n_unique(),
+                "texts": rows.height,
                 "nmi": round(scores["nmi"], 4),
                 "ari": round(scores["ari"], 4),
                 "unassigned_share": round(float(np.mean(rows["noise"].to_numpy())), 4),
@@ -42,22 +58,13 @@ def level_figures(database: Path, run_config: str) -> list[dict]:
 
 def run_phase(phase: str, workdir: Path, run_config: str) -> float:
     """Run one phase in a fresh interpreter, as a Dagster run would be."""
-    output = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--phase",
-            phase,
-            "--workdir",
-            str(workdir),
-            "--run-config",
-            run_config,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])["seconds"]
+    command = [sys.executable, "-m", "benchmarks.quality", "--phase", phase]
+    command += ["--workdir", str(workdir), "--run-config", run_config]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if done.returncode:  # its log only when it failed: Dagster's is long
+        sys.stderr.write(done.stderr[-20_000:])
+        raise SystemExit(f"the {phase} phase failed ({done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 
 
 def main() -> None:
@@ -65,6 +72,7 @@ def main() -> None:
     parser.add_argument("--run-config", default="default")
     parser.add_argument("--phase", choices=["cold", "warm", "rerun"])
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="a few hundred texts, for the tests")
     args = parser.parse_args()
     if args.phase:
         if args.phase == "warm":
@@ -76,13 +84,20 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        link_datasets(workdir / "datasets", ["banking77"])
+        if args.smoke:
+            source, spec = LABELLED["banking77"]
+            frame = pl.concat(pl.read_csv(f) for f in sorted(source.glob("*.csv")))
+            (workdir / "datasets").mkdir()
+            frame.sample(SMOKE_TEXTS, seed=0).write_csv(workdir / "datasets" / "banking77.csv")
+            (workdir / "datasets" / "banking77.yaml").write_text(spec)
+        else:
+            link_datasets(workdir / "datasets", ["banking77"])
         times = {
             phase: run_phase(phase, workdir, args.run_config) for phase in ("cold", "warm", "rerun")
         }
         figures = level_figures(workdir / "bench.duckdb", args.run_config)
     print(machine())
-    print(f"run config: {args.run_config}; texts: 13,083")
+    print(f"run config: {args.run_config}; texts: {figures[0]['texts']:,}")
     print(f"{'level':10s} {'clusters':>8s} {'NMI':>6s} {'ARI':>6s} {'unassigned':>10s}")
     for f in figures:
         print(

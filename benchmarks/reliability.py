@@ -6,13 +6,19 @@ configuration, two runs at once) and then checks what a reader sees: the partiti
 previous result or its complete new one, nothing lost, nothing mixed; then it starts the next run
 and times how long that run waited before its first step. Prints a table, then one JSON line.
 
-    python benchmarks/reliability.py [--quick]
+From the repository root:
+
+    python -m benchmarks.reliability [--quick | --smoke]
+
+--quick: a few kill points only; --smoke: one kill point, the bad inputs, a stage whose inputs
+were never made and three of the result tools' hostile cases (SMOKE_CASES), in a sandbox removed
+afterwards (a few minutes).
 """
 
 import argparse
 import json
 import random
-import sys
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,9 +28,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from clustering_dagster_tests.faults import (  # noqa: E402
+from clustering_dagster.core.pipeline import STAGES
+from clustering_dagster_tests.support.faults import (
     PARTITION,
     Sandbox,
     mismatches,
@@ -32,10 +37,13 @@ from clustering_dagster_tests.faults import (  # noqa: E402
     step_start,
 )
 
-ASSETS = [
-    "raw_texts", "embeddings", "projections", "cluster_levels", "cluster_labels",
-    "incremental_assignments", "cluster_hierarchy", "cluster_summaries", "merged_hierarchy",
-]  # fmt: skip
+SMOKE_CASES = [
+    "not over the results database",
+    "csv export neutralises formulas unless asked not to",
+    "an out folder that does not exist",
+]
+# Every stage that writes a table, in the order a run executes them (the map writes none).
+ASSETS = [asset for asset, (_, tables) in STAGES.items() if tables]
 
 
 @dataclass
@@ -57,6 +65,7 @@ class Bench:
         self.sets = [sample_texts(i, 10) for i in range(0, 70, 10)]  # 7 sets of 200 queries
         self.turn = 0
         self.rows: list[Row] = []
+        self.check_others = True  # after each bad input, does another partition still run?
 
     def next_texts(self) -> pl.DataFrame:
         self.turn += 1
@@ -180,7 +189,7 @@ class Bench:
         clear = run.finish() != fails and says in run.output
         after = self.visible(partition)
         repair()
-        other_ok = self.box.start("other|default").finish()
+        other_ok = self.box.start("other|default").finish() if self.check_others else True
         self.record(name, before, after, before, partition)
         if not (clear and other_ok):
             self.rows[-1].outcome = f"FAILED (said it: {clear}, others ran: {other_ok})"
@@ -197,17 +206,19 @@ class Bench:
                              0, len(self.visible("fresh|default")), 0, 0, None))  # fmt: skip
         print(self.rows[-1], flush=True)
 
-    def result_tools(self) -> None:
-        """The result CLI under hostile input (issue 21's cases, shared with the tests) on the
-        sandbox's file, one scenario each: it must pass, and every partition read as before."""
-        from clustering_dagster_tests.hostile import CASES, DATASET, write_dataset
+    def result_tools(self, names: list[str] | None = None) -> None:
+        """The result CLI under hostile input (issue 21's cases, shared with the tests; `names`,
+        or all of them) on the sandbox's file, one scenario each: it must pass, and every
+        partition read as before."""
+        from clustering_dagster_tests.support.hostile import CASES, DATASET, write_dataset
 
         write_dataset(self.box.datasets)
         self.box.register()
         hostile = f"{DATASET}|default"
         assert self.box.start(hostile).finish(), "the hostile partition's run failed"
-        scratch = Path(tempfile.mkdtemp(prefix="result_tools_"))
-        for number, (name, case) in enumerate(CASES.items()):
+        scratch = Path(tempfile.mkdtemp(prefix="result_tools_", dir=self.box.root))
+        cases = {name: CASES[name] for name in names} if names is not None else CASES
+        for number, (name, case) in enumerate(cases.items()):
             before = {p: self.visible(p) for p in (PARTITION, hostile)}
             try:
                 (scratch / str(number)).mkdir()
@@ -253,30 +264,42 @@ class Bench:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a few kill points only")
+    parser.add_argument("--smoke", action="store_true", help="one kill point, for the tests")
     args = parser.parse_args()
     bench = Bench(Path(tempfile.mkdtemp(prefix="reliability_")))
+    try:
+        scenarios(bench, args.quick, args.smoke)
+    finally:
+        if args.smoke:
+            shutil.rmtree(bench.box.root, ignore_errors=True)
+    report(bench)
+
+
+def scenarios(bench: Bench, quick: bool, smoke: bool) -> None:
     box = bench.box
     box.write_dataset("bank", bench.sets[0])
     box.write_dataset("other", sample_texts(0, 5))
     box.register()
     assert box.start().finish() and box.start("other|default").finish(), "baseline runs failed"
 
-    assets = ["embeddings", "cluster_levels"] if args.quick else ASSETS
-    for asset in assets:
+    assets = ["embeddings", "cluster_levels"] if quick else ASSETS
+    for asset in ["projections"] if smoke else assets:
         bench.kill(f"kill -9 at the start of {asset}", step_start(asset))
-    if not args.quick:
+    if not (quick or smoke):
         bench.kill("kill -9 2 s into projections", step_start("projections"), 2.0)
         bench.kill("kill -9 right after publishing", "published bank|default")
         rng = random.Random(7)
         for _ in range(2):
             delay = round(rng.uniform(0, 25), 1)
             bench.kill(f"kill -9 {delay} s after the run starts", "RUN_START", delay)
-    bench.resume()
-    bench.reader(None, "reader holds the file past the lock timeout (20 s)")
-    bench.reader(5, "reader holds the file for 5 s")
-    bench.together([PARTITION, "other|default"], "two partitions' runs at once")
-    bench.together([PARTITION, PARTITION], "two runs of one partition at once")
+    if not smoke:
+        bench.resume()
+        bench.reader(None, "reader holds the file past the lock timeout (20 s)")
+        bench.reader(5, "reader holds the file for 5 s")
+        bench.together([PARTITION, "other|default"], "two partitions' runs at once")
+        bench.together([PARTITION, PARTITION], "two runs of one partition at once")
 
+    bench.check_others = not smoke
     datasets, configs = box.datasets, box.configs
     original = configs.read_text()
 
@@ -327,6 +350,7 @@ def main() -> None:
         says="run configuration 'broken' is invalid",
         partition="bank|broken",
     )
+    bench.check_others = True  # --smoke checks the other partition once, here
     bench.bad_input(
         "a run configuration name given twice",
         lambda: configs.write_text(original + "\ndefault: {levels: [{name: fine}]}\n"),
@@ -334,9 +358,12 @@ def main() -> None:
         says="run configuration 'default' is defined twice",
     )
     bench.never_clustered()
-    bench.dead_run()
-    bench.result_tools()
+    if not smoke:
+        bench.dead_run()
+    bench.result_tools(SMOKE_CASES if smoke else None)
 
+
+def report(bench: Bench) -> None:
     rows = pl.DataFrame([vars(row) for row in bench.rows])
     with pl.Config(tbl_rows=100, fmt_str_lengths=90, tbl_width_chars=200):
         print(rows)

@@ -13,14 +13,19 @@ Also: `nmi_drop`, the fine-level NMI of all of Banking77 alone through the path 
 (UMAP and HDBSCAN on every text) minus that through the large-N path (UMAP and HDBSCAN fitted on
 a sample of LARGE_N_SAMPLE texts, the others placed on the map and voted into clusters by their
 nearest sampled texts), each the mean of NMI_ROUNDS runs side by side; and `encode_overhead`,
-the embeddings asset's encoding time over a bare `SentenceTransformer.encode` of the same texts
-with the same model and batch size (ENCODE_TEXTS distinct texts, the model loaded once for both;
-medians of ENCODE_ROUNDS rounds run side by side).
+the embeddings asset's encoding time over a bare encode of the same texts by the same model
+object (`make_encoder`'s: `SentenceTransformer.encode` with the configured batch size, the model
+loaded once for both; ENCODE_TEXTS distinct texts, medians of ENCODE_ROUNDS rounds run side by
+side).
 
 The last line is one JSON object: n, seconds, peak_rss_gb, growth_ratio (1M over 100k),
 nmi_drop, encode_overhead.
 
-Usage: python benchmarks/scale.py [--sizes 10000,100000,1000000] [--skip-nmi] [--skip-encode]
+Usage, from the repository root:
+    python -m benchmarks.scale [--sizes 10000,100000,1000000] [--skip-nmi] [--skip-encode]
+    python -m benchmarks.scale --smoke   (in a temporary folder: 500 Banking77 queries embedded,
+        one dataset of 1,000 rows, one NMI round with a large-N sample of 250, 200 texts
+        encoded once; a couple of minutes)
 """
 
 import argparse
@@ -29,17 +34,28 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import yaml
-from common import OUT, REPO, link_datasets, machine, materialise, published_levels
 
-SOURCE = OUT / "scale_source.duckdb"  # kept: Banking77's MiniLM vectors, embedded once
-DATASETS = OUT / "scale_datasets"
-CONFIGS = OUT / "scale_run_configs.yaml"
+from benchmarks.common import (
+    LABELLED,
+    OUT,
+    REPO,
+    link_datasets,
+    machine,
+    materialise,
+    published_levels,
+)
+
+# In OUT (kept between runs: Banking77's MiniLM vectors are embedded once), or a temporary folder
+SOURCE = "scale_source.duckdb"
+DATASETS = "scale_datasets"
+CONFIGS = "scale_run_configs.yaml"
 ASSETS = [
     "raw_texts",
     "embeddings",
@@ -55,15 +71,29 @@ NMI_ROUNDS = 4
 ENCODE_TEXTS = 5_000
 ENCODE_ROUNDS = 3
 ROW_GROUP = 100_000
+SMOKE = {"texts": 500, "sizes": [1_000], "nmi_rounds": 1, "large_n_sample": 250,
+         "encode_texts": 200, "encode_rounds": 1}  # fmt: skip
 
 
-def banking77() -> tuple[pl.DataFrame, np.ndarray]:
-    """All of Banking77 (text, category) with its MiniLM vectors, embedded once into SOURCE."""
-    from clustering_dagster.core.storage import Partition, connect, partition_vectors
+def banking77(work: Path = OUT, n: int | None = None) -> tuple[pl.DataFrame, np.ndarray]:
+    """All of Banking77 (or `n` random queries of it) as (text, category) with its MiniLM
+    vectors, embedded once into `work`/SOURCE."""
+    from clustering_dagster.core.storage.store import Partition, connect, partition_vectors
 
-    folder = link_datasets(OUT / "scale_source_datasets", ["banking77"])
-    materialise(SOURCE, folder, "banking77", "default", assets=_assets(["raw_texts", "embeddings"]))
-    with connect(SOURCE) as conn:
+    if n is None:
+        folder = link_datasets(work / "scale_source_datasets", ["banking77"])
+    else:
+        folder = work / "scale_source_datasets"
+        folder.mkdir(parents=True, exist_ok=True)
+        source, spec = LABELLED["banking77"]
+        frame = pl.concat(pl.read_csv(f) for f in sorted(source.glob("*.csv")))
+        frame.sample(n, seed=0).write_csv(folder / "banking77.csv")
+        (folder / "banking77.yaml").write_text(spec)
+    database = work / SOURCE
+    materialise(
+        database, folder, "banking77", "default", assets=_assets(["raw_texts", "embeddings"])
+    )
+    with connect(database) as conn:
         rows, vectors = partition_vectors(conn, Partition("banking77", "default"))
         truth = conn.execute(
             "SELECT ground_truth FROM clustering.texts WHERE dataset = 'banking77' "
@@ -78,10 +108,12 @@ def _assets(names: list[str]) -> list:
     return [a for a in ALL_ASSETS if a.key.to_user_string() in names]
 
 
-def write_dataset(name: str, n: int, texts: pl.DataFrame, vectors: np.ndarray) -> None:
-    """DATASETS/<name>.parquet of n rows (real ones first) with its YAML, unless it exists."""
-    path = DATASETS / f"{name}.parquet"
-    (DATASETS / f"{name}.yaml").write_text(
+def write_dataset(
+    datasets: Path, name: str, n: int, texts: pl.DataFrame, vectors: np.ndarray
+) -> None:
+    """`datasets`/<name>.parquet of n rows (real ones first) with its YAML, unless it exists."""
+    path = datasets / f"{name}.parquet"
+    (datasets / f"{name}.yaml").write_text(
         "text_column: text\nid_column: id\nlabel_column: category\nembedding_column: embedding\n"
     )
     if path.exists():
@@ -132,16 +164,16 @@ def _schema(dim: int):
     )
 
 
-def write_configs() -> None:
-    """The shipped `default`, and `large_n`: the same with UMAP fitted on LARGE_N_SAMPLE texts."""
+def write_configs(path: Path, sample: int = LARGE_N_SAMPLE) -> None:
+    """The shipped `default`, and `large_n`: the same with UMAP fitted on `sample` texts."""
     shipped = yaml.safe_load((REPO / "data" / "run_configs.yaml").read_text())
     large = json.loads(json.dumps(shipped["default"]))
-    large["projection"]["fit_sample"] = LARGE_N_SAMPLE
-    CONFIGS.write_text(yaml.safe_dump({"default": shipped["default"], "large_n": large}))
+    large["projection"]["fit_sample"] = sample
+    path.write_text(yaml.safe_dump({"default": shipped["default"], "large_n": large}))
 
 
 def fine_nmi(database: Path, dataset: str, run_config: str, real_only: bool) -> float:
-    from clustering_dagster.core.evaluate import agreement
+    from clustering_dagster.core.clustering.evaluate import agreement
 
     levels = published_levels(database, dataset, run_config)
     fine = levels.filter(pl.col("level") == levels["level"].max()).sort("row_idx")
@@ -167,12 +199,14 @@ def peak_rss_gb() -> float:
     return max(peaks) / 2**20  # kilobytes on Linux
 
 
-def one(dataset: str, run_config: str, database: Path) -> None:
-    """Materialise one partition in a fresh DuckDB file; print its figures as JSON."""
-    os.environ["CLUSTERING_RUN_CONFIGS"] = str(CONFIGS)
+def one(dataset: str, run_config: str, database: Path, work: Path) -> None:
+    """Materialise one partition of `work`'s datasets in a fresh DuckDB file; print its figures
+    as JSON."""
+    configs = work / CONFIGS
+    os.environ["CLUSTERING_RUN_CONFIGS"] = str(configs)
     for stale in (database, database.with_suffix(".duckdb.wal")):
         stale.unlink(missing_ok=True)
-    result = materialise(database, DATASETS, dataset, run_config, CONFIGS, _assets(ASSETS))
+    result = materialise(database, work / DATASETS, dataset, run_config, configs, _assets(ASSETS))
     stages = {
         name: meta.get("projection_seconds", meta.get("embedding_seconds"))
         for name, meta in result["assets"].items()
@@ -199,37 +233,40 @@ def one(dataset: str, run_config: str, database: Path) -> None:
     )
 
 
-def run_child(dataset: str, run_config: str) -> dict:
-    """`one` in a child process, and its result."""
-    database = OUT / f"scale_{dataset}_{run_config}.duckdb"
-    command = [sys.executable, __file__, "--one", dataset, "--run-config", run_config]
-    done = subprocess.run([*command, "--db", str(database)], stdout=subprocess.PIPE, text=True)
+def run_child(work: Path, dataset: str, run_config: str) -> dict:
+    """`one` in a child process (as `python -m benchmarks.scale --one`), and its result."""
+    database = work / f"scale_{dataset}_{run_config}.duckdb"
+    command = [sys.executable, "-m", "benchmarks.scale", "--one", dataset]
+    command += ["--run-config", run_config, "--db", str(database), "--work", str(work)]
+    done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
     if done.returncode:
         raise SystemExit(f"{dataset} | {run_config} failed ({done.returncode})")
     database.unlink(missing_ok=True)  # a million rows of results: gigabytes
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def encode_overhead(texts: list[str]) -> tuple[float, float, float]:
+def encode_overhead(
+    work: Path, texts: list[str], rounds: int = ENCODE_ROUNDS
+) -> tuple[float, float, float]:
     """(pipeline seconds, bare seconds, their ratio) for encoding the same distinct texts: the
-    median of ENCODE_ROUNDS rounds, each a bare encode then the embeddings asset in a fresh file,
-    side by side so that both see the same load on a shared machine."""
-    from clustering_dagster.core.embed import _sentence_transformer, half_precision, pick_device
-    from clustering_dagster.core.run_config import EmbeddingConfig
+    median of `rounds` rounds, each a bare encode then the embeddings asset in a fresh file,
+    side by side so that both see the same load on a shared machine. The bare encode is
+    `make_encoder`'s for the default settings: `SentenceTransformer.encode` of the model object
+    the embeddings asset then uses (loaded once, cached)."""
+    from clustering_dagster.core.config.run_config import EmbeddingConfig
+    from clustering_dagster.core.embedding.embed import make_encoder
 
-    config = EmbeddingConfig()
-    device = pick_device(config.device)
-    model = _sentence_transformer(config.model, device, half_precision(config, device))
-    model.encode(texts[:256], batch_size=config.batch_size)  # warm up
-    folder = OUT / "scale_encode_datasets"
+    encode = make_encoder(EmbeddingConfig())
+    encode(texts[:256])  # warm up
+    folder = work / "scale_encode_datasets"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     pl.DataFrame({"text": texts}).write_csv(folder / "encode.csv")
-    database = OUT / "scale_encode.duckdb"
+    database = work / "scale_encode.duckdb"
     bare, pipeline = [], []
-    for _ in range(ENCODE_ROUNDS):
+    for _ in range(rounds):
         began = time.perf_counter()
-        model.encode(texts, batch_size=config.batch_size, convert_to_numpy=True)
+        encode(texts)
         bare.append(time.perf_counter() - began)
         database.unlink(missing_ok=True)
         result = materialise(
@@ -245,22 +282,44 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--skip-nmi", action="store_true")
     parser.add_argument("--skip-encode", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="a few hundred texts, for the tests")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--run-config", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, default=OUT, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        one(args.one, args.run_config, Path(args.db))
+        one(args.one, args.run_config, Path(args.db), args.work)
         return
-    OUT.mkdir(parents=True, exist_ok=True)
-    DATASETS.mkdir(parents=True, exist_ok=True)
-    write_configs()
-    texts, vectors = banking77()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    if not args.smoke:
+        run(OUT, args, None, [int(s) for s in args.sizes.split(",")], NMI_ROUNDS, LARGE_N_SAMPLE,
+            ENCODE_TEXTS, ENCODE_ROUNDS)  # fmt: skip
+        return
+    with tempfile.TemporaryDirectory(prefix="scale_smoke_") as tmp:
+        run(Path(tmp), args, SMOKE["texts"], SMOKE["sizes"], SMOKE["nmi_rounds"],
+            SMOKE["large_n_sample"], SMOKE["encode_texts"], SMOKE["encode_rounds"])  # fmt: skip
+
+
+def run(
+    work: Path,
+    args: argparse.Namespace,
+    source_texts: int | None,
+    sizes: list[int],
+    nmi_rounds: int,
+    large_n_sample: int,
+    encode_texts: int,
+    encode_rounds: int,
+) -> None:
+    """The benchmark in `work` (OUT, or a temporary folder): Banking77 (or `source_texts` of it)
+    grown to `sizes`, the NMI rounds and the encoding rounds; prints the figures."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / DATASETS).mkdir(parents=True, exist_ok=True)
+    write_configs(work / CONFIGS, large_n_sample)
+    texts, vectors = banking77(work, source_texts)
     for n in sizes:
-        write_dataset(f"b77_{n}", n, texts, vectors)
-    write_dataset("banking77_vectors", len(texts), texts, vectors)
-    rows = {n: run_child(f"b77_{n}", "default") for n in sizes}
+        write_dataset(work / DATASETS, f"b77_{n}", n, texts, vectors)
+    write_dataset(work / DATASETS, "banking77_vectors", len(texts), texts, vectors)
+    rows = {n: run_child(work, f"b77_{n}", "default") for n in sizes}
     print(machine())
     print(
         f"{'texts':>9s} {'seconds':>8s} {'peak GB':>7s} {'fine NMI (real)':>15s}  clusters  stages (s)"
@@ -274,22 +333,22 @@ def main() -> None:
     nmi_drop = None
     if not args.skip_nmi:
         today, large = [], []
-        for _ in range(NMI_ROUNDS):  # side by side: UMAP's threads make every fit differ
-            today.append(run_child("banking77_vectors", "default")["nmi_real"])
-            large.append(run_child("banking77_vectors", "large_n")["nmi_real"])
+        for _ in range(nmi_rounds):  # side by side: UMAP's threads make every fit differ
+            today.append(run_child(work, "banking77_vectors", "default")["nmi_real"])
+            large.append(run_child(work, "banking77_vectors", "large_n")["nmi_real"])
         nmi_drop = float(np.mean(today) - np.mean(large))
         print(
-            f"Banking77 alone, fine NMI over {NMI_ROUNDS} rounds: UMAP on all "
+            f"Banking77 ({len(texts):,} texts) alone, fine NMI over {nmi_rounds} rounds: UMAP on all "
             f"{' '.join(f'{x:.3f}' for x in today)} (mean {np.mean(today):.3f}), large-N path "
-            f"(sample {LARGE_N_SAMPLE}) {' '.join(f'{x:.3f}' for x in large)} (mean "
+            f"(sample {large_n_sample}) {' '.join(f'{x:.3f}' for x in large)} (mean "
             f"{np.mean(large):.3f}): drop {nmi_drop:.3f}"
         )
     overhead = None
     if not args.skip_encode:
-        distinct = texts["text"].unique(maintain_order=True).head(ENCODE_TEXTS).to_list()
-        pipeline, bare, overhead = encode_overhead(distinct)
+        distinct = texts["text"].unique(maintain_order=True).head(encode_texts).to_list()
+        pipeline, bare, overhead = encode_overhead(work, distinct, encode_rounds)
         print(
-            f"encoding {ENCODE_TEXTS} texts: pipeline {pipeline:.1f} s, bare "
+            f"encoding {len(distinct)} texts: pipeline {pipeline:.1f} s, bare "
             f"SentenceTransformer.encode {bare:.1f} s, ratio {overhead:.3f}"
         )
     largest, hundred_k = max(rows), rows.get(100_000)

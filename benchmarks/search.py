@@ -9,7 +9,9 @@ model loaded, times 20 queries per partition as the command runs them (open the 
 read the tree, embed the query, rank clusters and texts, name the hits' clusters) and prints the
 medians; the last line is one JSON object.
 
-Usage: python benchmarks/search.py [--rebuild]
+Usage, from the repository root: python -m benchmarks.search [--rebuild] [--smoke]
+(--smoke: 400 queries of the shipped sample and 2,000 texts in a temporary folder, built
+afresh every time, 5 queries; a minute or two)
 """
 
 import argparse
@@ -18,7 +20,7 @@ import os
 import platform
 import shutil
 import statistics
-import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +35,10 @@ BANKING77 = REPO / "data" / "banking77"
 TOTAL = 100_000
 NOISE = 0.5  # norm of the noise added to a unit vector: cosine to the original ~ 1/sqrt(1.25)
 COPIED = ["assignments", "cluster_centroids", "cluster_labels", "hierarchy"]
+SAMPLE = REPO / "data" / "datasets" / "banking77_sample.csv"
+SMOKE_TEXTS = 400  # of the shipped sample
+SMOKE_TOTAL = 2_000
+SMOKE_QUERIES = 5
 
 QUERIES = [
     "my card has not arrived yet",
@@ -58,18 +64,19 @@ QUERIES = [
 ]
 
 
-def materialise_banking77() -> None:
-    """All of Banking77 through every asset, as `dagster asset materialize` would run them."""
+def materialise_banking77(database: Path, datasets: Path, source: Path = BANKING77) -> None:
+    """Banking77 (`source`: the folder of all of it, or a CSV of some of it) through every asset
+    into `database`, as `dagster asset materialize` would run them."""
     from dagster import DagsterInstance, materialize
 
     from clustering_dagster.assets import ALL_ASSETS
     from clustering_dagster.partitions import partition_key
     from clustering_dagster.resources import ClusteringSettings, DuckDBStore
 
-    datasets = OUT / "datasets"
     datasets.mkdir(parents=True, exist_ok=True)
-    if not (datasets / "banking77").exists():
-        (datasets / "banking77").symlink_to(BANKING77)
+    link = datasets / ("banking77" + source.suffix)
+    if not link.exists():
+        link.symlink_to(source)
     (datasets / "banking77.yaml").write_text("label_column: category\n")
     with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("dataset", ["banking77"])
@@ -78,22 +85,23 @@ def materialise_banking77() -> None:
             instance=instance,
             partition_key=partition_key("banking77", "default"),
             resources={
-                "duckdb": DuckDBStore(database=str(DATABASE)),
+                "duckdb": DuckDBStore(database=str(database)),
                 "clustering": ClusteringSettings(datasets_dir=str(datasets)),
             },
         )
     assert result.success
 
 
-def add_noisy_copies(source, target, total: int, seed: int = 0) -> None:
-    """Publish `target`: the texts of `source` and noisy copies of them up to `total` texts."""
-    from clustering_dagster.core.embed import normalise_rows
-    from clustering_dagster.core.ingest import text_hash
-    from clustering_dagster.core.search import partition_model
-    from clustering_dagster.core.snapshots import mark_written, publish_if_complete
-    from clustering_dagster.core.storage import (
+def add_noisy_copies(database: Path, source, target, total: int, seed: int = 0) -> None:
+    """Publish `target` in `database`: the texts of `source` and noisy copies of them up to
+    `total` texts."""
+    from clustering_dagster.core.data_in.ingest import text_hash
+    from clustering_dagster.core.embedding.embed import normalise_rows
+    from clustering_dagster.core.storage.snapshots import mark_written, publish_if_complete
+    from clustering_dagster.core.storage.store import (
         Partition,
         connect,
+        partition_model,
         put_vectors,
         read_partition,
         transaction,
@@ -102,7 +110,7 @@ def add_noisy_copies(source, target, total: int, seed: int = 0) -> None:
     )
 
     target = Partition(target.dataset, target.run_config, "benchmark")  # the version it writes
-    with connect(DATABASE_100K) as conn:
+    with connect(database) as conn:
         model, dim = partition_model(conn, source)
         texts = read_partition(conn, "texts", source, "* EXCLUDE (dataset, run_config)", "row_idx")
         vectors = normalise_rows(vectors_for(conn, model, texts["text_hash"]))
@@ -166,7 +174,7 @@ def one_search(searcher, part, query: str) -> dict:
     """What `clustering-dagster search QUERY -d DATASET` does per query once its model is loaded:
     look up the partition's published versions (its index is read only the first time, and
     again after a run publishes), embed the query, rank clusters and texts."""
-    from clustering_dagster.core.search import search_clusters, search_texts
+    from clustering_dagster.core.results.search import search_clusters, search_texts
 
     started = time.perf_counter()
     index = searcher.index(part)
@@ -188,46 +196,68 @@ def one_search(searcher, part, query: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rebuild", action="store_true", help="start from an empty database")
+    parser.add_argument("--smoke", action="store_true", help="a few hundred texts, for the tests")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    sys.path.insert(0, str(REPO))
-    from clustering_dagster.core.results import read_only
-    from clustering_dagster.core.search import QueryEncoder, Searcher
-    from clustering_dagster.core.search_index import embedding_config
-    from clustering_dagster.core.storage import Partition
+    if not args.smoke:
+        run(DATABASE, DATABASE_100K, OUT / "datasets", BANKING77, TOTAL, QUERIES, args.rebuild)
+        return
+    with tempfile.TemporaryDirectory(prefix="search_smoke_") as tmp:
+        folder = Path(tmp)
+        source = folder / "banking77_smoke.csv"
+        pl.read_csv(SAMPLE).sample(SMOKE_TEXTS, seed=0).write_csv(source)
+        run(folder / "search.duckdb", folder / "search_100k.duckdb", folder / "datasets", source,
+            SMOKE_TOTAL, QUERIES[:SMOKE_QUERIES], rebuild=True)  # fmt: skip
+
+
+def run(
+    database: Path,
+    database_100k: Path,
+    datasets: Path,
+    source: Path,
+    total: int,
+    queries: list[str],
+    rebuild: bool,
+) -> None:
+    """Build the two files unless they hold their partitions (or `rebuild`), then time the
+    queries on each and print the figures."""
+    from clustering_dagster.core.results.reading import read_only
+    from clustering_dagster.core.results.search import QueryEncoder, Searcher
+    from clustering_dagster.core.results.search_index import embedding_config
+    from clustering_dagster.core.storage.store import Partition
 
     banking77 = Partition("banking77", "default")
     copies = Partition("banking77_100k", "default")
-    if args.rebuild:
-        for database in (DATABASE, DATABASE_100K):
-            database.unlink(missing_ok=True)
-            Path(f"{database}.wal").unlink(missing_ok=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    if not published(DATABASE, banking77):
+    if rebuild:
+        for stale in (database, database_100k):
+            stale.unlink(missing_ok=True)
+            Path(f"{stale}.wal").unlink(missing_ok=True)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    if not published(database, banking77):
         started = time.perf_counter()
-        materialise_banking77()
-        print(f"materialised all of Banking77 in {time.perf_counter() - started:.0f} s")
-    if not published(DATABASE_100K, copies):
+        materialise_banking77(database, datasets, source)
+        print(f"materialised Banking77 ({source.name}) in {time.perf_counter() - started:.0f} s")
+    if not published(database_100k, copies):
         started = time.perf_counter()
-        shutil.copyfile(DATABASE, DATABASE_100K)
-        add_noisy_copies(banking77, copies, TOTAL)
+        shutil.copyfile(database, database_100k)
+        add_noisy_copies(database_100k, banking77, copies, total)
         print(
-            f"built {TOTAL:,} texts (real + noisy copies) in {time.perf_counter() - started:.0f} s"
+            f"built {total:,} texts (real + noisy copies) in {time.perf_counter() - started:.0f} s"
         )
 
     encoder = QueryEncoder()
-    with read_only(DATABASE) as conn:
+    with read_only(database) as conn:
         config = embedding_config(conn, banking77)
     encoder(config, ["load the model before timing"])
     results = {}
-    for name, database, part in [
-        ("banking77", DATABASE, banking77),
-        ("100k", DATABASE_100K, copies),
+    for name, path, part in [
+        ("banking77", database, banking77),
+        ("100k", database_100k, copies),
     ]:
-        searcher = Searcher(database, encoder)
-        first = one_search(searcher, part, QUERIES[0])  # reads the partition's index
-        runs = [one_search(searcher, part, query) for query in QUERIES]
+        searcher = Searcher(path, encoder)
+        first = one_search(searcher, part, queries[0])  # reads the partition's index
+        runs = [one_search(searcher, part, query) for query in queries]
         results[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         results[name] |= {
             "slowest_ms": max(r["total_ms"] for r in runs),
@@ -238,7 +268,7 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
-    print(f"median of {len(QUERIES)} queries, model loaded, ms: total (embed + clusters + texts)")
+    print(f"median of {len(queries)} queries, model loaded, ms: total (embed + clusters + texts)")
     for r in results.values():
         print(
             f"{r['dataset']:15s} {r['texts']:7,d} distinct texts: {r['total_ms']:6.1f} "
@@ -253,6 +283,8 @@ def main() -> None:
                 "search_ms_100k": round(results["100k"]["total_ms"], 1),
                 "first_query_ms_banking77": round(results["banking77"]["first_ms"], 1),
                 "first_query_ms_100k": round(results["100k"]["first_ms"], 1),
+                "texts_banking77": results["banking77"]["texts"],
+                "texts_100k": results["100k"]["texts"],
             }
         )
     )

@@ -19,10 +19,10 @@ from dagster import (
     sensor,
 )
 
-from .core import settings
-from .core.datasets import scan_datasets, source_hash
+from .core.config import settings
+from .core.config.operations import LastRun, folder_changes, load_operations, recluster_reason
+from .core.data_in.datasets import scan_datasets, source_hash
 from .core.errors import InputError
-from .core.operations import LastRun, folder_changes, load_operations, recluster_reason
 from .jobs import assign_new_texts_job, cluster_texts_job
 from .partitions import DATASET_DIMENSION, partition_key
 from .resources import ClusteringSettings

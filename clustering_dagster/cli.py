@@ -3,7 +3,9 @@ runs, tree, show, texts, search, export, map). `clustering-dagster COMMAND --hel
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,11 +15,11 @@ import duckdb
 
 from .commands.explore import COMMANDS
 from .commands.output import visible
-from .core import settings
-from .core.datasets import scan_datasets
+from .core.config import settings
+from .core.config.run_config import load_run_configs
+from .core.data_in.datasets import scan_datasets
 from .core.errors import InputError
-from .core.run_config import load_run_configs
-from .core.storage import DatabaseBusy, MissingResult
+from .core.storage.store import DatabaseBusy, MissingResult
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -62,6 +64,46 @@ def register_command() -> None:
     click.echo(
         f"datasets: {', '.join(keys) or 'none'}; newly registered: {', '.join(added) or 'none'}"
     )
+
+
+@cli.command(name="run")
+@click.argument("dataset")
+@click.option(
+    "--run-config", "-r", default="default", show_default=True, help="The run configuration."
+)
+def run_command(dataset: str, run_config: str) -> int:
+    """Cluster DATASET: register the datasets, then run the `cluster_texts` job for the partition
+    DATASET|RUN_CONFIG, as `dagster job execute` does (in this process's child, recorded in
+    DAGSTER_HOME, default ./dagster_home, so the UI lists it); exits with the run's status."""
+    found, problems = scan_datasets(settings.datasets_dir())
+    if dataset not in found:
+        problem = problems.get(dataset)
+        raise InputError(
+            problem
+            or f"no dataset {dataset!r} in {settings.datasets_dir()} "
+            f"(datasets: {', '.join(sorted(found)) or 'none'})"
+        )
+    configs = load_run_configs(settings.run_configs_path())
+    if run_config not in configs.partition_names():
+        raise InputError(
+            f"no run configuration {run_config!r} in {settings.run_configs_path()} "
+            f"(run configurations: {', '.join(configs.partition_names())})"
+        )
+    configs[run_config]  # an invalid entry ends here, in its one line
+    os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home()))
+    register_command.callback()
+    key = f"{dataset}|{run_config}"
+    tags = {
+        "dagster/partition": key,
+        "dagster/partition/dataset": dataset,
+        "dagster/partition/run_config": run_config,
+    }
+    command = [
+        sys.executable, "-m", "dagster", "job", "execute", "-m", "clustering_dagster.definitions",
+        "-j", "cluster_texts", "--tags", json.dumps(tags),
+    ]  # fmt: skip
+    click.echo(f"running cluster_texts for {key} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    return subprocess.run(command).returncode
 
 
 @cli.command(name="list")

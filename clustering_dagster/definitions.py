@@ -4,7 +4,7 @@ from dagster import Definitions
 
 from .assets import ALL_ASSETS
 from .automation import dataset_folder_sensor, dead_run_sensor, nightly_reclustering
-from .core.settings import executor_name
+from .core.config.settings import executor_name
 from .executors import pick_executor
 from .jobs import assign_new_texts_job, cluster_texts_job
 from .resources import default_resources

@@ -10,10 +10,10 @@ from dagster import (
     StaticPartitionsDefinition,
 )
 
-from .core import settings
+from .core.config import settings
+from .core.config.run_config import load_run_configs
 from .core.errors import InputError
-from .core.run_config import load_run_configs
-from .core.storage import Partition
+from .core.storage.store import Partition
 
 logger = logging.getLogger(__name__)
 

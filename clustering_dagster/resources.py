@@ -9,11 +9,11 @@ from dagster import ConfigurableResource, get_dagster_logger
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from .core import settings
-from .core.datasets import DatasetSpec, find_dataset
+from .core.config import settings
+from .core.config.run_config import RunConfig, RunConfigs, load_run_configs
+from .core.data_in.datasets import DatasetSpec, find_dataset
 from .core.errors import InputError
-from .core.run_config import RunConfig, RunConfigs, load_run_configs
-from .core.storage import connect, ensure_schema
+from .core.storage.store import connect, ensure_schema
 
 
 class ClusteringSettings(ConfigurableResource):

@@ -1,5 +1,5 @@
 """The `clustering-dagster` terminal as a user runs it, one process per command, against a
-materialised results database (see `explored.py`)."""
+materialised results database (see `support/explored.py`)."""
 
 import io
 import json
@@ -9,7 +9,8 @@ import subprocess
 import polars as pl
 import pytest
 
-from .explored import ALIAS, CLI, DATASET, LLM_CONFIG, explored_database
+from .support.explored import ALIAS, CLI, DATASET, LLM_CONFIG, explored_database
+from .support.workspace import banking_slice
 
 
 @pytest.fixture(scope="session")
@@ -238,3 +239,35 @@ def test_a_missing_database_is_named(tmp_path):
     missing = tmp_path / "nowhere.duckdb"
     done = subprocess.run([CLI, "--db", str(missing), "datasets"], capture_output=True, text=True)
     assert_one_line_error(done, str(missing))
+
+
+def test_run_clusters_a_dataset_as_a_recorded_dagster_run(tmp_path):
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    banking_slice(4).write_csv(datasets / "tickets.csv")
+    env = os.environ | {
+        "CLUSTERING_DATASETS_DIR": str(datasets),
+        "CLUSTERING_DUCKDB_PATH": str(tmp_path / "results.duckdb"),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    (tmp_path / "home").mkdir()
+    wrong = subprocess.run([CLI, "run", "nosuch"], capture_output=True, text=True, env=env)
+    assert (
+        wrong.returncode == 1
+        and "no dataset 'nosuch'" in wrong.stderr
+        and "tickets" in wrong.stderr
+    )
+    done = subprocess.run([CLI, "run", "tickets"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    instance = DagsterInstance.from_config(str(tmp_path / "home"))
+    [run] = instance.get_runs()
+    assert run.job_name == "cluster_texts" and run.status == DagsterRunStatus.SUCCESS
+    assert run.tags["dagster/partition"] == "tickets|default"
+    listed = subprocess.run(
+        [CLI, "--db", str(tmp_path / "results.duckdb"), "datasets", "--json"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert json.loads(listed.stdout)[0]["texts"] == 80

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from clustering_dagster.core.cluster import fit_levels, min_cluster_size, parents
-from clustering_dagster.core.hierarchy import build_tree, render_tree
-from clustering_dagster.core.keyphrases import class_tfidf, phrase_matrix
-from clustering_dagster.core.label import KeywordLabeler, LevelTexts
-from clustering_dagster.core.run_config import LevelConfig
+from clustering_dagster.core.clustering.cluster import fit_levels, min_cluster_size, parents
+from clustering_dagster.core.config.run_config import LevelConfig
+from clustering_dagster.core.labelling.hierarchy import build_tree, render_tree
+from clustering_dagster.core.labelling.keyphrases import class_tfidf, phrase_matrix
+from clustering_dagster.core.labelling.label import KeywordLabeler, LevelTexts
 
 
 def blobs(seed=0):

@@ -8,7 +8,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from clustering_dagster import run_health
 
-from .faults import Sandbox, mismatches, sample_texts, step_start
+from .support.faults import Sandbox, mismatches, sample_texts, step_start
 
 OLD = sample_texts(0, 10)  # 200 queries
 NEW = sample_texts(10, 40)  # 800 other queries: embedding them takes seconds

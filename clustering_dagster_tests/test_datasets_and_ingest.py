@@ -1,9 +1,9 @@
 import polars as pl
 import pytest
 
-from clustering_dagster.core.datasets import find_dataset, scan_datasets, slugify
+from clustering_dagster.core.data_in.datasets import find_dataset, scan_datasets, slugify
+from clustering_dagster.core.data_in.ingest import load_texts
 from clustering_dagster.core.errors import InputError
-from clustering_dagster.core.ingest import load_texts
 
 
 def test_slugify_makes_partition_safe_keys():

@@ -3,10 +3,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from clustering_dagster.core.embed import make_encoder, normalise_rows
-from clustering_dagster.core.project import neighbours, project
-from clustering_dagster.core.run_config import EmbeddingConfig, ProjectionConfig
-from clustering_dagster.core.storage import (
+from clustering_dagster.core.config.run_config import EmbeddingConfig, ProjectionConfig
+from clustering_dagster.core.embedding.embed import make_encoder, normalise_rows
+from clustering_dagster.core.projection.project import neighbours, project
+from clustering_dagster.core.storage.store import (
     SCHEMA,
     Partition,
     ensure_schema,
@@ -16,7 +16,7 @@ from clustering_dagster.core.storage import (
     write_version,
 )
 
-from .openai_server import EMBEDDING_DIM, OpenAICompatibleServer
+from .support.openai_server import EMBEDDING_DIM, OpenAICompatibleServer
 
 
 def test_packaged_minilm_embeds_offline_and_puts_paraphrases_close():

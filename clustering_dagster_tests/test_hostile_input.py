@@ -1,11 +1,11 @@
 """The result tools under hostile input (issue 21): nothing destroyed, nothing injected, one
 clear line for every mistake. Texts from `fixtures/hostile_texts.jsonl` go through the real
 pipeline; every command runs as a user runs it, in its own process. The cases live in
-`hostile.py`, which `benchmarks/reliability.py` runs too."""
+`support/hostile.py`, which `benchmarks/reliability.py` runs too."""
 
 import pytest
 
-from .hostile import CASES, build
+from .support.hostile import CASES, build
 
 
 @pytest.fixture(scope="session")

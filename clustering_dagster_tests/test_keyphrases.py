@@ -6,22 +6,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from clustering_dagster.core.embed import make_encoder, normalise_rows
-from clustering_dagster.core.keyphrases import FUNCTION_WORDS, phrases, words_of
-from clustering_dagster.core.label import KeywordLabeler, LevelTexts
-from clustering_dagster.core.run_config import EmbeddingConfig
+from clustering_dagster.core.config.run_config import EmbeddingConfig
+from clustering_dagster.core.embedding.embed import make_encoder, normalise_rows
+from clustering_dagster.core.labelling.keyphrases import FUNCTION_WORDS, phrases, words_of
+from clustering_dagster.core.labelling.label import KeywordLabeler, LevelTexts
 
-from .conftest import REPO, banking_slice
-
-# The function words of issue 8 that no label may hold (benchmarks/hierarchy.py checks the same).
-_LISTED = (
-    "i me my mine we our you your he she it its they them their this that these those is are was "
-    "were be been being am do does did doing have has had having a an the and but or if of at by "
-    "for with to from in on as so than then there here what which who whom when where why how can "
-    "could will would shall should may might must not no yes just very also too please thanks hi "
-    "hello"
-)
-ISSUE_FUNCTION_WORDS = set(_LISTED.split())
+from .support.paths import REPO
+from .support.vocabulary import ISSUE_FUNCTION_WORDS
+from .support.workspace import banking_slice
 
 
 def label_words(label: str) -> set[str]:

@@ -6,21 +6,18 @@ import re
 import shutil
 import socket
 
-import duckdb
 import numpy as np
 import polars as pl
 import pytest
 import yaml
 
 from clustering_dagster.assets import LLM_ASSETS, LLM_INPUTS
+from clustering_dagster.core.config.run_config import LLMSettings, load_run_configs
 from clustering_dagster.core.errors import InputError
-from clustering_dagster.core.llm import Ask, LLMClient
-from clustering_dagster.core.llm_cache import CallCache
-from clustering_dagster.core.llm_replies import InvalidReply, Reading, parse_reply
-from clustering_dagster.core.merge_prompts import Categories, matching_name
-from clustering_dagster.core.run_config import LLMSettings, load_run_configs
-from clustering_dagster.core.storage import ensure_schema
-from clustering_dagster.core.summarize import (
+from clustering_dagster.core.llm.client import Ask, LLMClient
+from clustering_dagster.core.llm.replies import InvalidReply, Reading, parse_reply
+from clustering_dagster.core.naming.prompts import Categories, matching_name
+from clustering_dagster.core.naming.summarize import (
     BaseClusters,
     ClusterDescription,
     describe_clusters,
@@ -28,8 +25,9 @@ from clustering_dagster.core.summarize import (
     pick_examples,
 )
 
-from .conftest import SHIPPED_CONFIGS, Workspace, banking_slice, metadata
-from .openai_server import OpenAICompatibleServer, content_words
+from .support.openai_server import OpenAICompatibleServer, content_words
+from .support.paths import SHIPPED_CONFIGS
+from .support.workspace import Workspace, banking_slice, call_cache, metadata
 
 RUN_CONFIG = "llm_example"  # a shipped partition key; each test writes its own parameters
 LEVELS = [
@@ -407,14 +405,6 @@ def _three_clusters(extra: str) -> BaseClusters:
         }
     )
     return BaseClusters("fine", ids, texts, vectors, offline)
-
-
-def call_cache(tmp_path) -> CallCache:
-    """A call cache in a DuckDB file of its own."""
-    path = str(tmp_path / "calls.duckdb")
-    with duckdb.connect(path) as conn:
-        ensure_schema(conn)
-    return CallCache(lambda: duckdb.connect(path))
 
 
 def test_an_instruction_inside_a_text_does_not_change_the_output_format(server, tmp_path):

@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 from clustering_dagster.assets import LLM_ASSETS, LLM_INPUTS
-from clustering_dagster.core.llm import Ask, LLMClient
-from clustering_dagster.core.llm_formats import grammar_schema
-from clustering_dagster.core.merge_prompts import (
+from clustering_dagster.core.config.run_config import LLMSettings
+from clustering_dagster.core.llm.client import Ask, LLMClient
+from clustering_dagster.core.llm.formats import grammar_schema
+from clustering_dagster.core.naming.prompts import (
     Categories,
     Category,
     Choice,
@@ -23,12 +24,10 @@ from clustering_dagster.core.merge_prompts import (
     assignment_prompt,
     one_of,
 )
-from clustering_dagster.core.run_config import LLMSettings
-from clustering_dagster.core.summarize import ClusterDescription
+from clustering_dagster.core.naming.summarize import ClusterDescription
 
-from .conftest import Workspace, banking_slice, metadata
-from .llama_server import MODEL_ALIAS, LlamaServer, available
-from .test_llm_summaries import call_cache
+from .support.llama_server import MODEL_ALIAS, LlamaServer, available
+from .support.workspace import Workspace, banking_slice, call_cache, metadata
 
 pytestmark = pytest.mark.skipif(
     not available(), reason="llama-cpp-python[server] is not installed (.ci/run installs it)"

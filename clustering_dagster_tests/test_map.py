@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from plotly.offline import get_plotlyjs
 
-from .chromium import Browser, chromium
-from .explored import CLI, DATASET, LLM_CONFIG, explored_database
+from .support.chromium import Browser, chromium
+from .support.explored import CLI, DATASET, LLM_CONFIG, explored_database
 
 READY = "document.getElementById('map').dataset.ready === 'true'"
 LEGEND = "Array.from(document.querySelectorAll('.legendtext')).map(e => e.textContent)"

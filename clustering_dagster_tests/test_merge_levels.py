@@ -8,20 +8,21 @@ import pytest
 from scipy.cluster.hierarchy import fcluster, linkage
 from sklearn.metrics import adjusted_rand_score
 
-from clustering_dagster.core.agglomerate import cut, join_tree, merge_clusters
-from clustering_dagster.core.cluster import fit_levels, parents
-from clustering_dagster.core.embed import make_encoder, normalise_rows
-from clustering_dagster.core.errors import InputError
-from clustering_dagster.core.project import project
-from clustering_dagster.core.run_config import (
+from clustering_dagster.core.clustering.agglomerate import cut, join_tree, merge_clusters
+from clustering_dagster.core.clustering.cluster import fit_levels, parents
+from clustering_dagster.core.clustering.upper_levels import upper_levels
+from clustering_dagster.core.config.run_config import (
     EmbeddingConfig,
     LevelConfig,
     ProjectionConfig,
     load_run_configs,
 )
-from clustering_dagster.core.upper_levels import upper_levels
+from clustering_dagster.core.embedding.embed import make_encoder, normalise_rows
+from clustering_dagster.core.errors import InputError
+from clustering_dagster.core.projection.project import project
 
-from .conftest import REPO, SHIPPED_CONFIGS, banking_slice
+from .support.paths import REPO, SHIPPED_CONFIGS
+from .support.workspace import banking_slice
 
 HWU64 = REPO / "data" / "hwu64" / "hwu64.csv"
 FOUR_TOPICS = ["alarm", "audio", "email", "transport"]  # HWU64 scenarios of 3-4 intents each

@@ -13,7 +13,8 @@ from clustering_dagster.assets import (
 )
 from clustering_dagster.cli import register
 
-from .conftest import SAMPLE, banking_slice, metadata
+from .support.paths import SAMPLE
+from .support.workspace import banking_slice, metadata
 
 CLUSTERED = [cluster_levels, cluster_labels, cluster_hierarchy]
 LABELLED = "label_column: category\n"

@@ -1,9 +1,9 @@
 import pytest
 
+from clustering_dagster.core.config.run_config import load_run_configs
 from clustering_dagster.core.errors import InputError
-from clustering_dagster.core.run_config import load_run_configs
 
-from .conftest import SHIPPED_CONFIGS
+from .support.paths import SHIPPED_CONFIGS
 
 
 def test_shipped_configs_load_with_defaults_filled_in():

@@ -24,22 +24,27 @@ from clustering_dagster.assets import (
     projections,
     raw_texts,
 )
-from clustering_dagster.core.cluster import fit_levels
-from clustering_dagster.core.dataset_vectors import dataset_vectors
-from clustering_dagster.core.datasets import find_dataset
-from clustering_dagster.core.embed import encoder, half_precision, make_encoder, normalise_rows
-from clustering_dagster.core.errors import InputError
-from clustering_dagster.core.evaluate import agreement
-from clustering_dagster.core.label import label_sample
-from clustering_dagster.core.project import project
-from clustering_dagster.core.run_config import (
+from clustering_dagster.core.clustering.cluster import fit_levels
+from clustering_dagster.core.clustering.evaluate import agreement
+from clustering_dagster.core.config.run_config import (
     EmbeddingConfig,
     LevelConfig,
     ProjectionConfig,
     RunConfig,
 )
+from clustering_dagster.core.data_in.dataset_vectors import dataset_vectors
+from clustering_dagster.core.data_in.datasets import find_dataset
+from clustering_dagster.core.embedding.embed import (
+    encoder,
+    half_precision,
+    make_encoder,
+    normalise_rows,
+)
+from clustering_dagster.core.errors import InputError
+from clustering_dagster.core.labelling.label import label_sample
+from clustering_dagster.core.projection.project import project
 
-from .conftest import banking_slice, metadata
+from .support.workspace import banking_slice, metadata
 
 DIM = 8
 

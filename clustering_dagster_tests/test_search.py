@@ -6,10 +6,10 @@ import json
 import polars as pl
 import pytest
 
-from clustering_dagster.core.search import QueryEncoder, Searcher, search_clusters
-from clustering_dagster.core.storage import Partition
+from clustering_dagster.core.results.search import QueryEncoder, Searcher, search_clusters
+from clustering_dagster.core.storage.store import Partition
 
-from .explored import DATASET, LLM_CONFIG, explored_database
+from .support.explored import DATASET, LLM_CONFIG, explored_database
 
 
 @pytest.fixture(scope="session")
@@ -68,19 +68,23 @@ def test_paraphrases_find_their_intents_cluster_in_the_top_three(explored):
 
 def test_text_search_within_a_cluster_stays_inside_it(explored):
     fine = intent_cluster(explored, "automatic_top_up")
-    coarse = explored.workspace.sql(
-        "SELECT m.parent_id FROM clustering.hierarchy f JOIN clustering.hierarchy m "
-        "ON m.dataset = f.dataset AND m.run_config = f.run_config AND m.node_id = f.parent_id "
-        "WHERE f.dataset = ? AND f.run_config = 'default' AND f.node_id = ?",
-        [DATASET, fine],
-    )["parent_id"][0]
+    tree = explored.workspace.sql(
+        "SELECT node_id, parent_id FROM clustering.hierarchy "
+        "WHERE dataset = ? AND run_config = 'default'",
+        [DATASET],
+    )
+    parent_of = dict(zip(tree["node_id"], tree["parent_id"], strict=True))
+    path = [fine]  # the fine cluster's ancestors up to the top: search within the top one
+    while parent_of[path[0]] is not None:
+        path.insert(0, parent_of[path[0]])
+    coarse = path[0]
     found = explored.json("search", "top up my balance by itself", "-d", DATASET, "--texts",
                           "--within", coarse, "-n", "5")  # fmt: skip
     assert set(found) == {"query", "texts"} and len(found["texts"]) == 5
     inside = {t["text"] for t in explored.json("texts", DATASET, coarse, "--limit", "0")}
     assert {hit["text"] for hit in found["texts"]} <= inside
     assert all(hit["clusters"][0]["node_id"] == coarse for hit in found["texts"])
-    assert [len(hit["clusters"]) for hit in found["texts"]] == [3] * 5
+    assert [len(hit["clusters"]) for hit in found["texts"]] == [len(path)] * 5
 
 
 def test_search_over_every_partition_ranks_llm_titles_and_summaries(explored):

@@ -4,8 +4,8 @@ run, what a partial run withdraws, what a publication cleans up."""
 import polars as pl
 import pytest
 
-from clustering_dagster.core.snapshots import downstream, mark_written, publish_if_complete
-from clustering_dagster.core.storage import (
+from clustering_dagster.core.storage.snapshots import downstream, mark_written, publish_if_complete
+from clustering_dagster.core.storage.store import (
     MissingResult,
     Partition,
     _view,

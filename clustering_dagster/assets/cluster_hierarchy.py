@@ -4,14 +4,14 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 from dagster_duckdb import DuckDBResource
 
-from ..core.hierarchy import build_tree, render_tree
-from ..core.plot import map_png
-from ..core.storage import read_partition
+from ..core.labelling.hierarchy import build_tree, render_tree
+from ..core.results.plot import map_png
+from ..core.storage.store import read_partition
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, stage, write_result
 
 
-@clustering_asset(deps=["cluster_labels"])
+@clustering_asset()
 def cluster_hierarchy(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:

@@ -3,16 +3,16 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
-from ..core.label import LevelTexts, label_sample, make_labeler
-from ..core.merge import stored_encoder
-from ..core.storage import partition_vectors, read_partition
+from ..core.labelling.label import LevelTexts, label_sample, make_labeler
+from ..core.naming.merge import stored_encoder
+from ..core.storage.store import partition_vectors, read_partition
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, markdown_table, stage, write_result
 
 LARGEST_SHOWN = 10
 
 
-@clustering_asset(deps=["cluster_levels"])
+@clustering_asset()
 def cluster_labels(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:

@@ -1,6 +1,5 @@
 from datetime import UTC, datetime
 
-import numpy as np
 import polars as pl
 from dagster import (
     AssetCheckResult,
@@ -11,10 +10,10 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
-from ..core.cluster import Level, embedding_centroids, fit_levels
-from ..core.evaluate import agreement
-from ..core.lineage import first_clustering, match_clusters, previous_levels
-from ..core.storage import (
+from ..core.clustering.cluster import fit_levels
+from ..core.clustering.evaluate import level_summary
+from ..core.clustering.lineage import previous_levels, stable_levels
+from ..core.storage.store import (
     Partition,
     matrix_column,
     nesting_violations,
@@ -43,30 +42,6 @@ CHECKS = [
         description="NMI and ARI per level against the dataset's label column, if any.",
     ),
 ]
-
-
-def _level_summary(levels: list[Level], truth: np.ndarray | None) -> pl.DataFrame:
-    rows = []
-    for level in levels:
-        sizes = np.bincount(level.labels)
-        row = {
-            "level": level.name,
-            "method": level.method,
-            "clusters": level.n_clusters,
-            "hdbscan_noise_share": round(level.noise_share, 3),
-            "moved_to_nest": int(level.moved_to_nest.sum()),
-            "largest": int(sizes.max()),
-            "largest_share": round(float(sizes.max() / sizes.sum()), 3),
-            "smallest": int(sizes.min()),
-        }
-        if truth is not None:
-            row |= {
-                k: round(v, 3)
-                for k, v in agreement(truth, level.labels).items()
-                if k in ("nmi", "ari")
-            }
-        rows.append(row)
-    return pl.DataFrame(rows)
 
 
 def _checks(conn, part: Partition, summary: pl.DataFrame, has_truth: bool, quality) -> list:
@@ -112,56 +87,7 @@ def _checks(conn, part: Partition, summary: pl.DataFrame, has_truth: bool, quali
     return results
 
 
-def _stable_levels(levels: list[Level], rows: pl.DataFrame, vectors: np.ndarray, previous) -> tuple:
-    """Stable ids per level (previous ids kept where clusters match), centroids and lineage."""
-    hashes = rows["text_hash"].to_numpy()
-    assignments, centroids, lineage = [], [], []
-    for depth, level in enumerate(levels):
-        before = previous.get(level.name)
-        matching = (
-            match_clusters(level.labels, hashes, vectors, before)
-            if before is not None
-            else first_clustering(level.n_clusters)
-        )
-        ids = matching.stable_ids[level.labels]
-        assignments.append(
-            pl.DataFrame(
-                {
-                    "row_idx": rows["row_idx"],
-                    "text_hash": rows["text_hash"],
-                    "level": np.full(len(ids), depth, np.int32),
-                    "level_name": level.name,
-                    "cluster_id": ids,
-                    "membership": level.membership,
-                    "noise": level.noise,
-                    "moved_to_nest": level.moved_to_nest,
-                }
-            )
-        )
-        centre, radius = embedding_centroids(level.labels, vectors)
-        centroids.append(
-            pl.DataFrame(
-                {
-                    "level": np.full(level.n_clusters, depth, np.int32),
-                    "level_name": level.name,
-                    "cluster_id": matching.stable_ids,
-                    "size": np.bincount(level.labels),
-                    "centroid": pl.Series(centre, dtype=pl.Array(pl.Float32, centre.shape[1])).cast(
-                        pl.List(pl.Float32)
-                    ),
-                    "radius": radius,
-                }
-            )
-        )
-        lineage.append(
-            matching.lineage.with_columns(
-                level=pl.lit(depth, pl.Int32), level_name=pl.lit(level.name)
-            )
-        )
-    return pl.concat(assignments), pl.concat(centroids), pl.concat(lineage)
-
-
-@clustering_asset(deps=["projections"], check_specs=CHECKS)
+@clustering_asset(check_specs=CHECKS)
 def cluster_levels(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:
@@ -189,8 +115,8 @@ def cluster_levels(
     )
     has_truth = truth_column.is_not_null().any()
     truth = truth_column.to_numpy() if has_truth else None
-    summary = _level_summary(levels, truth)
-    assignments, centroids, lineage = _stable_levels(levels, rows, vectors, previous)
+    summary = level_summary(levels, truth)
+    assignments, centroids, lineage = stable_levels(levels, rows, vectors, previous)
     lineage = lineage.with_columns(
         dagster_run_id=pl.lit(context.run.run_id),
         recorded_at=pl.lit(datetime.now(UTC).replace(tzinfo=None)),

@@ -3,13 +3,13 @@ from pathlib import Path
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 from dagster_duckdb import DuckDBResource
 
-from ..core.map_page import default_path, map_data, render
-from ..core.outputs import write_atomically
+from ..core.results.map_page import default_path, map_data, render
+from ..core.results.outputs import write_atomically
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, stage, write_result
 
 
-@clustering_asset(deps=["cluster_hierarchy", "merged_hierarchy"])
+@clustering_asset()
 def cluster_map(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:

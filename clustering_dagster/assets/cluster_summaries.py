@@ -4,7 +4,7 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
-from ..core.summarize import describe_clusters, offline_descriptions, read_base_clusters
+from ..core.naming.summarize import describe_clusters, offline_descriptions, read_base_clusters
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, markdown_table, stage, write_result
 from .summary_runs import cost_metadata, summary_runs
@@ -12,7 +12,7 @@ from .summary_runs import cost_metadata, summary_runs
 LARGEST_SHOWN = 10
 
 
-@clustering_asset(deps=["cluster_labels"])
+@clustering_asset()
 def cluster_summaries(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:

@@ -7,11 +7,12 @@ from weakref import WeakKeyDictionary
 import polars as pl
 from dagster import AssetExecutionContext, Failure, MetadataValue, asset
 
+from ..core.config.provenance import code_version
+from ..core.config.run_config import RunConfig
 from ..core.errors import InputError
-from ..core.provenance import code_version
-from ..core.run_config import RunConfig
-from ..core.snapshots import mark_written, publish_if_complete
-from ..core.storage import (
+from ..core.pipeline import reads
+from ..core.storage.snapshots import mark_written, publish_if_complete
+from ..core.storage.store import (
     DatabaseBusy,
     MaterializationRecord,
     MissingResult,
@@ -35,8 +36,8 @@ USER_ERRORS = (InputError, MissingResult, DatabaseBusy)
 
 
 def clustering_asset(**kwargs):
-    """`@asset` with the arguments every stage shares; a user error fails the run with its
-    one-line message."""
+    """`@asset` with the arguments every stage shares and its deps from `core.pipeline`; a user
+    error fails the run with its one-line message."""
 
     def decorate(fn):
         @functools.wraps(fn)
@@ -46,7 +47,7 @@ def clustering_asset(**kwargs):
             except USER_ERRORS as err:
                 raise Failure(description=str(err), allow_retries=False) from None
 
-        return asset(**ASSET_ARGS, **kwargs)(body)
+        return asset(**ASSET_ARGS, deps=reads(fn.__name__), **kwargs)(body)
 
     return decorate
 

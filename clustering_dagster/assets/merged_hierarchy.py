@@ -4,20 +4,20 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 from dagster_duckdb import DuckDBResource
 
-from ..core.hierarchy import render_tree
-from ..core.label import KeywordLabeler
-from ..core.merge import FALLBACK_STEPS, KeywordNames, Merger, stored_encoder
-from ..core.merge_prompts import Node
-from ..core.merge_tree import merged_tree, offline_tree
-from ..core.offline_levels import OfflineLevels
-from ..core.storage import read_partition
-from ..core.summarize import read_base_clusters
+from ..core.labelling.hierarchy import render_tree
+from ..core.labelling.label import KeywordLabeler
+from ..core.naming.merge import FALLBACK_STEPS, KeywordNames, Merger, stored_encoder
+from ..core.naming.merged_tree import merged_tree, offline_tree
+from ..core.naming.offline_levels import OfflineLevels
+from ..core.naming.prompts import Node
+from ..core.naming.summarize import read_base_clusters
+from ..core.storage.store import read_partition
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, stage, write_result
 from .summary_runs import cost_metadata, summary_runs
 
 
-@clustering_asset(deps=["cluster_summaries", "cluster_hierarchy"])
+@clustering_asset()
 def merged_hierarchy(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:

@@ -1,15 +1,12 @@
 import time
 
-import numpy as np
-import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
-from ..core.embed import normalise_rows
-from ..core.ingest import content_hash
-from ..core.project import project
-from ..core.run_config import stable_hash
-from ..core.storage import find_projection, partition_model, partition_vectors, read_partition
+from ..core.config.run_config import stable_hash
+from ..core.data_in.ingest import content_hash
+from ..core.projection.project import distinct_rows, project_rows
+from ..core.storage.store import find_projection, partition_model, partition_vectors, read_partition
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, stage, write_result
 
@@ -19,7 +16,7 @@ PROJECTION_COLUMNS = "row_idx, cluster_space, map_x, map_y, input_hash, fitted"
 PROJECTION_METHOD = 2
 
 
-@clustering_asset(deps=["embeddings"])
+@clustering_asset()
 def projections(
     context: AssetExecutionContext, duckdb: DuckDBResource, clustering: ClusteringSettings
 ) -> MaterializeResult:
@@ -44,27 +41,14 @@ def projections(
             write_result(conn, context, part, config, {"projections": frame}, input_hash)
         method = f"reused from {source.dataset}|{source.run_config}"
     else:
-        first_row = rows.with_row_index("i").select(pl.col("i").min().over("text_hash"))
-        first = np.flatnonzero(rows["text_hash"].is_first_distinct().to_numpy())
-        inverse = np.searchsorted(first, first_row.to_series().to_numpy())
+        first, inverse = distinct_rows(rows)
         distinct = vectors[first]
-        del vectors
-        if config.embedding.normalize:
-            distinct = normalise_rows(distinct)
-        result = project(distinct, config.projection)
-        frame = rows.select("row_idx").with_columns(
-            cluster_space=pl.Series(
-                result.cluster_space[inverse],
-                dtype=pl.Array(pl.Float32, result.cluster_space.shape[1]),
-            ).cast(pl.List(pl.Float32)),
-            map_x=pl.Series(result.map_2d[inverse, 0]),
-            map_y=pl.Series(result.map_2d[inverse, 1]),
-            input_hash=pl.lit(input_hash),
-            fitted=pl.Series(result.fitted[inverse]),
+        del vectors  # a million texts' vectors are 1.5 GB: keep one copy while projecting
+        frame, method = project_rows(
+            rows, distinct, inverse, config.embedding.normalize, config.projection, input_hash
         )
         with connection(duckdb) as conn:
             write_result(conn, context, part, config, {"projections": frame}, input_hash)
-        method = result.method
     return MaterializeResult(
         metadata={
             "texts": rows.height,

@@ -3,8 +3,8 @@ from dataclasses import asdict
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult
 from dagster_duckdb import DuckDBResource
 
-from ..core.datasets import source_hash
-from ..core.ingest import content_hash, load_texts
+from ..core.data_in.datasets import source_hash
+from ..core.data_in.ingest import content_hash, load_texts
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, stage, write_result
 

@@ -6,11 +6,11 @@ import polars as pl
 from dagster import AssetExecutionContext
 from dagster_duckdb import DuckDBResource
 
-from ..core.llm import LLMClient
-from ..core.llm_cache import CallCache
-from ..core.llm_formats import OutputForm
-from ..core.llm_requests import CallStats
-from ..core.run_config import RunConfig, stable_hash
+from ..core.config.run_config import RunConfig, stable_hash
+from ..core.llm.cache import CallCache
+from ..core.llm.client import LLMClient
+from ..core.llm.formats import OutputForm
+from ..core.llm.requests import CallStats
 from .common import markdown_table
 
 # What each Dagster run learned of its servers' output forms, by (run id, model, api_base): the

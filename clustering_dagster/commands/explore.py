@@ -11,12 +11,12 @@ from pathlib import Path
 import click
 import polars as pl
 
-from ..core import settings
+from ..core.config import settings
 from ..core.errors import InputError
-from ..core.export import FORMATS, llm_cluster_json, text_table
-from ..core.map_page import default_path, map_data, render
-from ..core.outputs import check_output, neutralise_formulas, write_atomically
-from ..core.results import (
+from ..core.results.export import FORMATS, llm_cluster_json, text_table
+from ..core.results.map_page import default_path, map_data, render
+from ..core.results.outputs import check_output, neutralise_formulas, write_atomically
+from ..core.results.reading import (
     load_tree,
     node_texts,
     partitions,

@@ -10,9 +10,9 @@ import click
 import polars as pl
 
 from ..core.errors import InputError
-from ..core.results import partitions, read_only, resolve
-from ..core.search import Searcher, search_clusters, search_texts
-from ..core.storage import Partition
+from ..core.results.reading import partitions, read_only, resolve
+from ..core.results.search import Searcher, search_clusters, search_texts
+from ..core.storage.store import Partition
 from .output import (
     alias_option,
     count,

@@ -1,0 +1,1 @@
+"""Where things live, the run configurations and the operations settings, validated."""

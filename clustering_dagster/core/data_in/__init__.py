@@ -1,0 +1,1 @@
+"""Datasets on disk: finding them, reading their texts (and their own vectors), validated."""

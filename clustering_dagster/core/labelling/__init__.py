@@ -1,0 +1,1 @@
+"""Keyword labels of every cluster and the tree of levels they name."""

@@ -1,0 +1,1 @@
+"""Names from an LLM: cluster summaries and the merged tree of parents above them."""

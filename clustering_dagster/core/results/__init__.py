@@ -1,0 +1,1 @@
+"""Reading published results: partitions, named trees, search, exports, the map page."""

@@ -1,0 +1,576 @@
+"""DuckDB storage: one schema for readers, one for versioned rows, shared caches.
+
+Every result row carries the version (the Dagster run id) that wrote it, in schema
+`clustering_store`. A run writes only its own version, so nothing a reader sees changes while it
+runs; `clustering.published` points each partition's tables at one version, and the views of schema
+`clustering` show only those rows. A run publishes everything it wrote in one transaction when its
+last asset finishes (see `snapshots`), so a reader sees a partition's complete previous result or
+its complete new one. The embedding vectors, the LLM answers and the materialisation log are shared
+append-only tables that survive any failure.
+"""
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from ..batches import STORE_ROWS as VECTOR_BATCH_ROWS
+from ..pipeline import WRITTEN_BY
+
+SCHEMA = "clustering"
+STORE = "clustering_store"
+LAYOUT = 3  # 1: result tables in `clustering` without versions; 2: before ADDED_COLUMNS
+
+VERSIONED = {
+    "texts": """
+        row_idx INTEGER NOT NULL, text_id VARCHAR, text VARCHAR NOT NULL,
+        text_hash VARCHAR NOT NULL, duplicate_of INTEGER, source_file VARCHAR,
+        ground_truth VARCHAR, metadata JSON""",
+    "embeddings": """
+        row_idx INTEGER NOT NULL, text_hash VARCHAR NOT NULL, model VARCHAR NOT NULL,
+        dim INTEGER NOT NULL""",
+    "projections": """
+        row_idx INTEGER NOT NULL, cluster_space FLOAT[] NOT NULL, map_x FLOAT NOT NULL,
+        map_y FLOAT NOT NULL, input_hash VARCHAR NOT NULL""",
+    "assignments": """
+        row_idx INTEGER NOT NULL, text_hash VARCHAR NOT NULL, level INTEGER NOT NULL,
+        level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL, membership FLOAT NOT NULL,
+        noise BOOLEAN NOT NULL, moved_to_nest BOOLEAN NOT NULL""",
+    "cluster_centroids": """
+        level INTEGER NOT NULL, level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL,
+        size BIGINT NOT NULL, centroid FLOAT[] NOT NULL, radius FLOAT NOT NULL""",
+    "cluster_lineage": """
+        level INTEGER NOT NULL, level_name VARCHAR NOT NULL, cluster_id INTEGER,
+        previous_cluster_id INTEGER, event VARCHAR NOT NULL, shared_texts BIGINT NOT NULL,
+        share_of_new DOUBLE, share_of_previous DOUBLE, dagster_run_id VARCHAR,
+        recorded_at TIMESTAMP NOT NULL""",
+    "cluster_labels": """
+        level INTEGER NOT NULL, level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL,
+        size BIGINT NOT NULL, label VARCHAR NOT NULL, keywords VARCHAR[], examples VARCHAR[],
+        labeler VARCHAR NOT NULL""",
+    "hierarchy": """
+        node_id VARCHAR NOT NULL, parent_id VARCHAR, level INTEGER NOT NULL,
+        level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL, size BIGINT NOT NULL,
+        share DOUBLE NOT NULL, n_children INTEGER NOT NULL, label VARCHAR NOT NULL,
+        keywords VARCHAR[], path VARCHAR, position INTEGER NOT NULL""",
+    "incremental_assignments": """
+        text_id VARCHAR, text VARCHAR NOT NULL, text_hash VARCHAR NOT NULL, source_file VARCHAR,
+        level INTEGER NOT NULL, level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL,
+        confidence FLOAT NOT NULL, fits BOOLEAN NOT NULL, map_x FLOAT, map_y FLOAT""",
+    "cluster_summaries": """
+        alias VARCHAR NOT NULL, level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL,
+        size BIGINT NOT NULL, title VARCHAR NOT NULL, summary VARCHAR NOT NULL, category VARCHAR,
+        coherence INTEGER, keywords VARCHAR[], examples VARCHAR[], labeler VARCHAR NOT NULL,
+        fallback BOOLEAN NOT NULL, settings_hash VARCHAR NOT NULL""",
+    "merged_hierarchy": """
+        alias VARCHAR NOT NULL, node_id VARCHAR NOT NULL, parent_id VARCHAR,
+        level INTEGER NOT NULL, level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL,
+        size BIGINT NOT NULL, share DOUBLE NOT NULL, n_children INTEGER NOT NULL,
+        title VARCHAR NOT NULL, summary VARCHAR NOT NULL, keywords VARCHAR[], path VARCHAR,
+        position INTEGER NOT NULL, method VARCHAR NOT NULL, assigned_by VARCHAR,
+        fallback BOOLEAN NOT NULL""",
+}
+
+# Columns added since layout 2, added to every file's tables (an older file's rows take the
+# default).
+ADDED_COLUMNS = {"projections": "fitted BOOLEAN DEFAULT true"}
+
+# Append-only: every published version's rows stay (the others are cleaned up like any table's).
+HISTORY = {"cluster_lineage"}
+
+SHARED = {
+    "materializations": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, asset VARCHAR NOT NULL,
+        dagster_run_id VARCHAR, params_hash VARCHAR NOT NULL, code_version VARCHAR NOT NULL,
+        input_hash VARCHAR, rows BIGINT NOT NULL, seconds DOUBLE NOT NULL, params JSON NOT NULL,
+        stats JSON, materialized_at TIMESTAMP NOT NULL""",
+    "embedding_models": "model VARCHAR PRIMARY KEY, dim INTEGER NOT NULL",
+    "llm_calls": """
+        cache_key VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, task VARCHAR NOT NULL,
+        params JSON NOT NULL, prompt_hash VARCHAR NOT NULL, answer JSON NOT NULL,
+        calls INTEGER NOT NULL, prompt_tokens BIGINT, completion_tokens BIGINT, cost_usd DOUBLE,
+        created_at TIMESTAMP NOT NULL""",
+    # the version of each partition's table that readers see
+    "published": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, table_name VARCHAR NOT NULL,
+        version VARCHAR NOT NULL, published_at TIMESTAMP NOT NULL""",
+    # every publication: the tables a run published, and those it withdrew as stale
+    "publications": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, version VARCHAR NOT NULL,
+        tables VARCHAR[] NOT NULL, withdrawn VARCHAR[] NOT NULL, published_at TIMESTAMP NOT NULL""",
+}
+
+# What each run has written so far, per asset: unpublished until the run's last asset is done.
+STAGED = """
+    dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, version VARCHAR NOT NULL,
+    asset VARCHAR NOT NULL, tables VARCHAR[] NOT NULL, written_at TIMESTAMP NOT NULL"""
+
+# One row per Dagster run and partition: what it materialised, with which code, how long each took,
+# and whether its results were published.
+RUNS_VIEW = f"""
+CREATE OR REPLACE VIEW {SCHEMA}.runs AS
+SELECT m.dagster_run_id, m.dataset, m.run_config, any_value(m.params_hash) AS params_hash,
+       any_value(m.code_version) AS code_version, min(m.materialized_at) AS first_materialized_at,
+       max(m.materialized_at) AS last_materialized_at, round(sum(m.seconds), 2) AS seconds,
+       map(list(m.asset ORDER BY m.materialized_at), list(round(m.seconds, 2) ORDER BY
+           m.materialized_at)) AS stage_seconds,
+       map(list(m.asset ORDER BY m.materialized_at), list(m.rows ORDER BY m.materialized_at))
+           AS stage_rows,
+       bool_or(p.version IS NOT NULL) AS published
+FROM {SCHEMA}.materializations m
+LEFT JOIN {SCHEMA}.publications p
+  ON p.dataset = m.dataset AND p.run_config = m.run_config AND p.version = m.dagster_run_id
+GROUP BY m.dagster_run_id, m.dataset, m.run_config
+"""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A dataset x run configuration; inside a run, `version` is the run's id."""
+
+    dataset: str
+    run_config: str
+    version: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.dataset}|{self.run_config}"
+
+
+class MissingResult(LookupError):
+    """A stage's input was never materialised for the partition."""
+
+    def __init__(self, table: str, part: Partition):
+        super().__init__(
+            f"partition {part} has no {table} yet: materialise {WRITTEN_BY[table]} "
+            "(and the assets above it) first"
+        )
+
+
+class DatabaseBusy(RuntimeError):
+    """Another process kept the DuckDB file locked for longer than we may wait."""
+
+
+LOCK_POLL_S = 0.25
+
+
+def connect(path, lock_timeout_s: float = 0.0, on_wait=None) -> duckdb.DuckDBPyConnection:
+    """A read-write connection. While another process holds the file (DuckDB allows one writer,
+    and a read-only connection elsewhere blocks writers too) retry for up to `lock_timeout_s`,
+    telling `on_wait` once who holds it; then raise DatabaseBusy."""
+    deadline = time.monotonic() + lock_timeout_s
+    told = False
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower():
+                raise
+            holder = _lock_holder(str(err))
+            if time.monotonic() >= deadline:
+                raise DatabaseBusy(
+                    f"{path} stayed locked by {holder} for {lock_timeout_s:.0f} s: close that "
+                    "connection (read from a copy, or with short read-only connections: see the "
+                    "README) or raise CLUSTERING_LOCK_TIMEOUT_S"
+                ) from None
+            if not told and on_wait is not None:
+                on_wait(f"{path} is locked by {holder}; waiting up to {lock_timeout_s:.0f} s")
+                told = True
+            time.sleep(LOCK_POLL_S)
+
+
+def _lock_holder(message: str) -> str:
+    """'<program> (PID n)' from DuckDB's lock error, or 'another process'."""
+    found = re.search(r"held in (.+?\(PID \d+\))", message)
+    return found.group(1) if found else "another process"
+
+
+def _exists(conn, schema: str, name: str) -> str | None:
+    """'BASE TABLE', 'VIEW' or None."""
+    row = conn.execute(
+        "SELECT table_type FROM information_schema.tables "
+        "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
+        [schema, name],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    """Create (or upgrade) the schemas, tables and views; a no-op once they are in place."""
+    if conn.execute("SELECT current_database()").fetchone()[0] in (SCHEMA, STORE):
+        raise ValueError(
+            f"a DuckDB file named {SCHEMA}.duckdb or {STORE}.duckdb makes '{SCHEMA}.table' "
+            "ambiguous: rename the file"
+        )
+    if (
+        _exists(conn, SCHEMA, "layout")
+        and conn.execute(f"SELECT max(version) FROM {SCHEMA}.layout").fetchone()[0] == LAYOUT
+    ):
+        return
+    with transaction(conn):
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {STORE}")
+        for name, columns in SHARED.items():
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.{name} ({columns})")
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {STORE}.staged ({STAGED})")
+        for name, columns in VERSIONED.items():
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {STORE}.{name} (dataset VARCHAR NOT NULL, "
+                f"run_config VARCHAR NOT NULL, version VARCHAR NOT NULL, {columns})"
+            )
+            if name in ADDED_COLUMNS:
+                conn.execute(
+                    f"ALTER TABLE {STORE}.{name} ADD COLUMN IF NOT EXISTS {ADDED_COLUMNS[name]}"
+                )
+            if _exists(conn, SCHEMA, name) == "BASE TABLE":
+                _migrate_unversioned(conn, name)
+            conn.execute(_view(name))
+        conn.execute(RUNS_VIEW)
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.layout (version INTEGER NOT NULL)")
+        conn.execute(f"INSERT INTO {SCHEMA}.layout VALUES (?)", [LAYOUT])
+
+
+def _view(table: str) -> str:
+    if table in HISTORY:
+        shown = f"{SCHEMA}.publications p ON"
+    else:
+        shown = f"{SCHEMA}.published p ON p.table_name = '{table}' AND"
+    return (
+        f"CREATE OR REPLACE VIEW {SCHEMA}.{table} AS SELECT r.* EXCLUDE (version) "
+        f"FROM {STORE}.{table} r SEMI JOIN {shown} p.dataset = r.dataset "
+        "AND p.run_config = r.run_config AND p.version = r.version"
+    )
+
+
+def _migrate_unversioned(conn, table: str) -> None:
+    """Move a table of layout 1 into the store as the published version 'layout1'."""
+    conn.execute(
+        f"INSERT INTO {STORE}.{table} BY NAME SELECT *, 'layout1' AS version FROM {SCHEMA}.{table}"
+    )
+    conn.execute(
+        f"INSERT INTO {SCHEMA}.published SELECT DISTINCT dataset, run_config, ?, 'layout1', "
+        f"now() FROM {SCHEMA}.{table}",
+        [table],
+    )
+    conn.execute(f"DROP TABLE {SCHEMA}.{table}")
+
+
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def visible_version(conn, table: str, part: Partition) -> str | None:
+    """The version of `table` a stage of the partition reads: its own run's, if that run wrote
+    the table, else the published one (None: never materialised)."""
+    if part.version is not None:
+        own = conn.execute(
+            f"SELECT 1 FROM {STORE}.staged WHERE dataset = ? AND run_config = ? AND version = ? "
+            "AND list_contains(tables, ?)",
+            [part.dataset, part.run_config, part.version, table],
+        ).fetchone()
+        if own:
+            return part.version
+    row = conn.execute(
+        f"SELECT version FROM {SCHEMA}.published "
+        "WHERE dataset = ? AND run_config = ? AND table_name = ?",
+        [part.dataset, part.run_config, table],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def relation(conn, table: str, part: Partition, required: bool = True) -> str:
+    """SQL (a parenthesised subquery) for the partition's rows of `table` that its stage sees,
+    with the table's columns; raises MissingResult if there are none and `required`."""
+    version = visible_version(conn, table, part)
+    if version is None and required:
+        raise MissingResult(table, part)
+    return (
+        f"(SELECT * EXCLUDE (version) FROM {STORE}.{table} WHERE dataset = "
+        f"{_literal(part.dataset)} AND run_config = {_literal(part.run_config)} "
+        f"AND version = {_literal(version or '')})"
+    )
+
+
+def read_partition(
+    conn, table: str, part: Partition, columns: str, order_by: str, required: bool = True
+) -> pl.DataFrame:
+    return conn.execute(
+        f"SELECT {columns} FROM {relation(conn, table, part, required)} t ORDER BY {order_by}"
+    ).pl()
+
+
+def write_version(conn, table: str, part: Partition, frame: pl.DataFrame) -> None:
+    """Make `frame` the run's rows of `table` for the partition (replacing any it wrote before,
+    as a retried step does); call inside `transaction`."""
+    conn.execute(
+        f"DELETE FROM {STORE}.{table} WHERE dataset = ? AND run_config = ? AND version = ?",
+        [part.dataset, part.run_config, part.version],
+    )
+    conn.register("_frame", frame.to_arrow())
+    try:
+        conn.execute(
+            f"INSERT INTO {STORE}.{table} BY NAME "
+            "SELECT ? AS dataset, ? AS run_config, ? AS version, * FROM _frame",
+            [part.dataset, part.run_config, part.version],
+        )
+    finally:
+        conn.unregister("_frame")
+
+
+def write_aliases(conn, table: str, part: Partition, frame: pl.DataFrame) -> None:
+    """`write_version` for a table keyed by alias: the aliases in `frame` are replaced, the
+    partition's other visible aliases are carried over unchanged; call inside `transaction`."""
+    carried = read_partition(conn, table, part, "*", "alias", required=False).filter(
+        ~pl.col("alias").is_in(frame["alias"].unique().implode())
+    )
+    write_version(conn, table, part, pl.concat([carried.select(frame.columns), frame]))
+
+
+@dataclass(frozen=True)
+class MaterializationRecord:
+    """One row of `materializations`: what ran, with which parameters and code, how long."""
+
+    asset: str
+    run_id: str | None
+    params: dict
+    params_hash: str
+    code_version: str
+    rows: int
+    seconds: float
+    input_hash: str | None = None
+    stats: dict | None = None
+
+
+def record_materialization(conn, part: Partition, record: MaterializationRecord) -> None:
+    conn.execute(
+        f"INSERT INTO {SCHEMA}.materializations BY NAME SELECT ? AS dataset, ? AS run_config, "
+        "? AS asset, ? AS dagster_run_id, ? AS params_hash, ? AS code_version, ? AS input_hash, "
+        "? AS rows, ? AS seconds, ? AS params, ? AS stats, ? AS materialized_at",
+        [
+            part.dataset,
+            part.run_config,
+            record.asset,
+            record.run_id,
+            record.params_hash,
+            record.code_version,
+            record.input_hash,
+            record.rows,
+            record.seconds,
+            json.dumps(record.params),
+            json.dumps(record.stats or {}),
+            datetime.now(UTC).replace(tzinfo=None),
+        ],
+    )
+
+
+def find_projection(conn, input_hash: str) -> Partition | None:
+    """A published projection computed from exactly these inputs, in any partition, if any."""
+    row = conn.execute(
+        f"SELECT dataset, run_config FROM {SCHEMA}.projections WHERE input_hash = ? LIMIT 1",
+        [input_hash],
+    ).fetchone()
+    return Partition(*row) if row else None
+
+
+def previous_clustering(conn, part: Partition) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The partition's published assignments (level_name, text_hash, cluster_id), centroids
+    (level_name, cluster_id, centroid) and the largest id each level ever used (lineage)."""
+    published = Partition(part.dataset, part.run_config)
+    assignments = read_partition(
+        conn, "assignments", published, "level_name, text_hash, cluster_id", "level, row_idx", False
+    )
+    centroids = read_partition(
+        conn,
+        "cluster_centroids",
+        published,
+        "level_name, cluster_id, centroid",
+        "level, cluster_id",
+        False,
+    )
+    largest = conn.execute(
+        f"SELECT level_name, max(greatest(cluster_id, previous_cluster_id)) AS max_id "
+        f"FROM {SCHEMA}.cluster_lineage WHERE dataset = ? AND run_config = ? GROUP BY ALL",
+        [part.dataset, part.run_config],
+    ).pl()
+    return assignments, centroids, largest
+
+
+def unassigned_texts(conn, part: Partition) -> int:
+    """Texts missing a cluster at some level, or holding more than one (0 when all is well)."""
+    assignments = relation(conn, "assignments", part)
+    return conn.execute(
+        f"""
+        WITH levels AS (SELECT DISTINCT level FROM {assignments}),
+        expected AS (
+            SELECT t.row_idx, l.level FROM {relation(conn, "texts", part)} t, levels l
+        ), counted AS (
+            SELECT e.row_idx, e.level, count(a.cluster_id) AS n FROM expected e
+            LEFT JOIN {assignments} a ON a.row_idx = e.row_idx AND a.level = e.level
+            GROUP BY ALL
+        )
+        SELECT count(*) FILTER (WHERE n != 1) + (SELECT count(*) = 0 FROM levels)::INT FROM counted
+        """
+    ).fetchone()[0]
+
+
+def nesting_violations(conn, part: Partition) -> int:
+    """Clusters whose texts sit in more than one cluster of the level above."""
+    assignments = relation(conn, "assignments", part)
+    return conn.execute(
+        f"""
+        SELECT count(*) FROM (
+            SELECT child.level, child.cluster_id FROM {assignments} child
+            JOIN {assignments} parent ON parent.row_idx = child.row_idx
+                AND parent.level = child.level - 1
+            GROUP BY ALL HAVING count(DISTINCT parent.cluster_id) > 1
+        )
+        """
+    ).fetchone()[0]
+
+
+# --- the content-addressed embedding store ---------------------------------------------------
+
+
+def store_table(dim: int) -> str:
+    return f"{SCHEMA}.embedding_store_{dim}"
+
+
+def model_dim(conn, model: str) -> int | None:
+    row = conn.execute(
+        f"SELECT dim FROM {SCHEMA}.embedding_models WHERE model = ?", [model]
+    ).fetchone()
+    return row[0] if row else None
+
+
+def missing_hashes(conn, model: str, hashes: pl.Series) -> pl.Series:
+    """The hashes in `hashes` that have no stored vector for `model` (order kept, unique)."""
+    wanted = pl.DataFrame({"text_hash": hashes}).unique(maintain_order=True)
+    dim = model_dim(conn, model)
+    if dim is None:
+        return wanted["text_hash"]
+    conn.register("_wanted", wanted.to_arrow())
+    try:
+        return conn.execute(
+            f"SELECT w.text_hash FROM _wanted w ANTI JOIN {store_table(dim)} s "
+            "ON s.model = ? AND s.text_hash = w.text_hash",
+            [model],
+        ).pl()["text_hash"]
+    finally:
+        conn.unregister("_wanted")
+
+
+def put_vectors(conn, model: str, hashes: pl.Series, vectors: np.ndarray) -> None:
+    """Add vectors to the store (its own small transaction: the cache survives a failed run)."""
+    dim = vectors.shape[1]
+    known = model_dim(conn, model)
+    if known is not None and known != dim:
+        raise ValueError(f"model {model!r} returned {dim}-d vectors; the store holds {known}-d")
+    # a variable-length list, cast by DuckDB: its Arrow scan of fixed-size lists is ~1.7x slower
+    frame = pl.DataFrame(
+        {
+            "text_hash": hashes,
+            "embedding": pl.Series(vectors, dtype=pl.Array(pl.Float32, dim)).cast(
+                pl.List(pl.Float32)
+            ),
+        }
+    )
+    with transaction(conn):
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {store_table(dim)} "
+            f"(model VARCHAR NOT NULL, text_hash VARCHAR NOT NULL, embedding FLOAT[{dim}] NOT NULL)"
+        )
+        conn.execute(
+            f"INSERT INTO {SCHEMA}.embedding_models VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [model, dim],
+        )
+        conn.register("_vectors", frame.to_arrow())
+        try:
+            conn.execute(
+                f"INSERT INTO {store_table(dim)} SELECT ?, v.text_hash, v.embedding::FLOAT[{dim}] "
+                "FROM _vectors v "
+                f"ANTI JOIN {store_table(dim)} s ON s.model = ? AND s.text_hash = v.text_hash",
+                [model, model],
+            )
+        finally:
+            conn.unregister("_vectors")
+
+
+def _to_matrix(column: pl.Series) -> np.ndarray:
+    """A list or array column of equal-length float vectors as an (n, d) float32 matrix."""
+    if column.len() == 0:
+        return np.zeros((0, 0), np.float32)
+    flat = column.cast(pl.List(pl.Float32)).explode()
+    return flat.to_numpy().astype(np.float32, copy=False).reshape(column.len(), -1)
+
+
+def _stream_matrix(result, n: int, dim: int) -> np.ndarray:
+    """The `embedding` column of a DuckDB result, batch by batch, as an (n, dim) float32 matrix
+    (no per-row Python objects, and never more than one batch besides the matrix)."""
+    matrix = np.empty((n, dim), np.float32)
+    start = 0
+    for batch in result.to_arrow_reader(VECTOR_BATCH_ROWS):
+        values = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
+        matrix[start : start + batch.num_rows] = values.reshape(batch.num_rows, dim)
+        start += batch.num_rows
+    return matrix
+
+
+def partition_model(conn, part: Partition) -> tuple[str, int]:
+    """The model (store key) and dimension of the partition's vectors."""
+    row = conn.execute(f"SELECT DISTINCT model, dim FROM {relation(conn, 'embeddings', part)}")
+    found = row.fetchall()
+    if len(found) != 1:
+        raise MissingResult("embeddings", part)
+    return found[0]
+
+
+def partition_vectors(conn, part: Partition) -> tuple[pl.DataFrame, np.ndarray]:
+    """The partition's texts (row_idx, text, text_hash) and their stored vectors, in row order."""
+    embeddings = relation(conn, "embeddings", part)
+    model, dim = partition_model(conn, part)
+    joined = (
+        f"FROM {embeddings} e JOIN {relation(conn, 'texts', part)} t USING (row_idx) "
+        f"JOIN {store_table(dim)} s ON s.model = e.model AND s.text_hash = e.text_hash "
+        "ORDER BY e.row_idx"
+    )
+    rows = conn.execute(f"SELECT e.row_idx, t.text, e.text_hash {joined}").pl()
+    vectors = _stream_matrix(conn.execute(f"SELECT s.embedding {joined}"), rows.height, dim)
+    return rows, vectors
+
+
+def vectors_for(conn, model: str, hashes: pl.Series) -> np.ndarray:
+    """Stored vectors of `model` for `hashes`, in their order (each must be stored)."""
+    dim = model_dim(conn, model)
+    conn.register("_wanted", pl.DataFrame({"text_hash": hashes}).with_row_index("i").to_arrow())
+    try:
+        frame = conn.execute(
+            f"SELECT w.i, s.embedding FROM _wanted w JOIN {store_table(dim)} s "
+            "ON s.model = ? AND s.text_hash = w.text_hash ORDER BY w.i",
+            [model],
+        ).pl()
+    finally:
+        conn.unregister("_wanted")
+    if frame.height != len(hashes):
+        raise LookupError(f"{len(hashes) - frame.height} texts have no stored {model} vector")
+    return _to_matrix(frame["embedding"])
+
+
+def matrix_column(frame: pl.DataFrame, column: str) -> np.ndarray:
+    return _to_matrix(frame[column])

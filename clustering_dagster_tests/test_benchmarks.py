@@ -1,0 +1,104 @@
+"""Benchmarks that cannot rot: every benchmark's `--smoke` mode, run as a user runs it
+(`python -m benchmarks.NAME --smoke` from the repository root, in a fresh process). Each must exit
+0 and end with its JSON line holding the benchmark's figures, and write nothing under data/ (smoke
+runs write to temporary folders or the gitignored benchmarks/out/). Together they take a few
+minutes: each smoke is a few hundred texts through the same code as the full benchmark."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from .support.llama_server import available as llama_cpp_available
+from .support.paths import REPO
+
+
+def _reliable(figures: dict) -> bool:
+    return figures["failed"] == 0 and figures["lost_rows"] == figures["mismatched_rows"] == 0
+
+
+# benchmark -> (the keys of its JSON line, what must hold of them)
+SMOKES: dict[str, tuple[set[str], Callable[[dict], bool]]] = {
+    "generalization": (
+        {"min_nmi_margin", "min_ari_margin", "min_count_ratio", "max_count_ratio", "union_nmi",
+         "union_ari", "sets", "seconds"},
+        lambda f: f["sets"] == 3 and 0 < f["union_nmi"] <= 1,
+    ),
+    "hierarchy": (
+        {"hwu64_fine_nmi", "hwu64_fine_ari", "hwu64_top_scenario_nmi", "hwu64_top_scenario_ari",
+         "banking77_fine_nmi", "banking77_fine_ari", "sample_top_nodes",
+         "sample_top_largest_share", "stopword_label_share"},
+        lambda f: 0 < f["hwu64_fine_nmi"] <= 1 and 0 < f["banking77_fine_nmi"] <= 1,
+    ),
+    "large_n": (
+        {"all", "large_n", "no_representatives", "hdbscan_on_placed", "sampled_hdbscan"},
+        lambda f: all(0 < v <= 1 for v in f.values()),
+    ),
+    "llm": (
+        {"first_run_calls", "rerun_calls", "seq_s", "conc16_s", "speedup"},
+        lambda f: f["first_run_calls"] > 0 and f["rerun_calls"] == 0,
+    ),
+    "local_llm": (
+        {"clusters", "named_by_model_share", "nodes", "nodes_named_share", "fallbacks",
+         "server_errors", "seconds"},
+        lambda f: f["clusters"] >= 2 and f["nodes"] >= f["clusters"] and f["server_errors"] == 0,
+    ),
+    "quality": (
+        {"nmi", "ari", "clusters", "cold_s", "warm_s", "rerun_s"},
+        lambda f: 0 < f["nmi"] <= 1 and f["clusters"] > 1,
+    ),
+    "reliability": (
+        {"scenarios", "failed", "mismatched_rows", "lost_rows", "max_blocked_s"},
+        lambda f: f["scenarios"] == 12 and _reliable(f),
+    ),
+    "scale": (
+        {"n", "seconds", "peak_rss_gb", "growth_ratio", "nmi_drop", "encode_overhead"},
+        lambda f: f["n"] == 1_000 and f["nmi_drop"] is not None and f["encode_overhead"] > 0,
+    ),
+    "search": (
+        {"search_ms_banking77", "search_ms_100k", "first_query_ms_banking77",
+         "first_query_ms_100k", "texts_banking77", "texts_100k"},
+        lambda f: f["texts_banking77"] == 400 and f["texts_100k"] == 2_000,
+    ),
+}  # fmt: skip
+
+
+def data_files() -> dict[str, str]:
+    """Every file under data/ with the digest of its content."""
+    return {
+        str(path.relative_to(REPO)): hashlib.sha1(path.read_bytes()).hexdigest()
+        for path in (REPO / "data").rglob("*")
+        if path.is_file()
+    }
+
+
+def test_every_benchmark_has_a_smoke_test():
+    scripts = {p.stem for p in (REPO / "benchmarks").glob("*.py")} - {"__init__", "common"}
+    assert scripts == set(SMOKES)
+
+
+@pytest.mark.parametrize("name", list(SMOKES))
+def test_the_smoke_mode_runs_and_ends_with_its_json_line(name):
+    if name == "local_llm" and not llama_cpp_available():
+        pytest.skip("llama-cpp-python[server] is not installed (.ci/run installs it)")
+    keys, holds = SMOKES[name]
+    before = data_files()
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    last = done.stdout.strip().splitlines()[-1]
+    figures = json.loads(last)
+    assert isinstance(figures, dict), last
+    assert keys <= figures.keys(), keys - figures.keys()
+    assert holds(figures), figures
+    assert data_files() == before, "a smoke run wrote under data/"
