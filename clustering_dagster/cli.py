@@ -1,5 +1,6 @@
-"""`clustering-dagster`: register datasets as Dagster partitions, and read the results (datasets,
-runs, tree, show, texts, search, export, map). `clustering-dagster COMMAND --help` for each."""
+"""`clustering-dagster`: register datasets as Dagster partitions, cluster one (`run`), and read the
+results (datasets, runs, tree, show, texts, search, export, map). `clustering-dagster COMMAND
+--help` for each."""
 
 from __future__ import annotations
 
