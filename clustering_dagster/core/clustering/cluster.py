@@ -49,14 +49,25 @@ MIN_FITTED_SIZE = 5
 
 
 def min_cluster_size(level: LevelConfig, n: int) -> int:
-    """The level's minimum cluster size in texts, among `n` texts."""
+    """The level's minimum cluster size in texts, among `n` texts (before any cap)."""
     if level.min_cluster_size < 1:
         size = max(MIN_SHARE_BASED_SIZE, round(level.min_cluster_size * n))
-        if level.min_cluster_size_cap is not None:
-            size = min(size, max(MIN_SHARE_BASED_SIZE, round(level.min_cluster_size_cap)))
     else:
         size = round(level.min_cluster_size)
     return int(max(2, min(size, n)))
+
+
+def fitted_cluster_size(level: LevelConfig, n: int, represents: int) -> int:
+    """The minimum cluster size among `n` fitted texts standing for `represents`: the level's
+    size scaled to the sample (never below MIN_FITTED_SIZE), then capped by
+    `min_cluster_size_cap` fitted texts, so a sample resolves topics down to cap x represents / n
+    texts and no finer (raise projection.fit_sample for finer)."""
+    scale = n / represents
+    size = round(min_cluster_size(level, represents) * scale)
+    size = size if scale == 1 else max(size, MIN_FITTED_SIZE)
+    if level.min_cluster_size < 1 and level.min_cluster_size_cap is not None:
+        size = min(size, max(MIN_SHARE_BASED_SIZE, round(level.min_cluster_size_cap)))
+    return max(2, size)
 
 
 def _centroids(space: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -102,8 +113,7 @@ def _hdbscan(
 
     n = len(space)
     scale = n / represents
-    size = round(min_cluster_size(level, represents) * scale)
-    size = max(2, size if scale == 1 else max(size, MIN_FITTED_SIZE))
+    size = fitted_cluster_size(level, n, represents)
     if n <= size:  # no room for two clusters: everything is one
         return np.zeros(n, np.int32), np.ones(n, np.float32), np.zeros(n, bool)
     min_samples = None
