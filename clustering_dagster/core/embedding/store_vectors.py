@@ -4,18 +4,14 @@ dataset brings in its own column."""
 
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 
 import polars as pl
 
 from ..config.run_config import EmbeddingConfig
 from ..data_in.dataset_vectors import dataset_vectors, vector_key
 from ..data_in.datasets import DatasetSpec, source_hash
-from ..storage.store import missing_hashes, put_vectors
+from ..storage.store import Connect, missing_hashes, put_vectors
 from .embed import cache_key, encoder
-
-# A short connection to the store with its schema in place.
-Connect = Callable[[], AbstractContextManager]
 
 # Vectors are committed every ~CHUNK_SECONDS of encoding, so an interrupted run loses at most
 # that much work; the chunk size adapts to the device's speed within these bounds. A commit costs

@@ -2,13 +2,12 @@
 
 import json
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import polars as pl
 
-from ..storage.store import SCHEMA
+from ..storage.store import SCHEMA, Connect
 
 CALL_SCHEMA = {
     "cache_key": pl.String,
@@ -34,7 +33,7 @@ class CallCache:
     FLUSH_EVERY = 32
     FLUSH_SECONDS = 2.0
 
-    def __init__(self, connect: Callable[[], AbstractContextManager]):
+    def __init__(self, connect: Connect):
         self.connect = connect
         self.pending: dict[str, dict] = {}
         self.known: dict[str, dict | None] = {}

@@ -11,8 +11,7 @@ Each level has about 1/`merge_ratio` as many nodes as the one below; levels repe
 """
 
 import math
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -23,7 +22,7 @@ from ..data_in.ingest import text_hash
 from ..embedding.embed import Encoder, cache_key, make_encoder, normalise_rows
 from ..labelling.label import ClusterLabel, KeywordLabeler, LevelTexts
 from ..llm.client import LLMClient
-from ..storage.store import missing_hashes, put_vectors, vectors_for
+from ..storage.store import Connect, missing_hashes, put_vectors, vectors_for
 from .offline_levels import OfflineLevels
 from .prompts import (
     Category,
@@ -53,9 +52,7 @@ class MergedLevel:
     fallbacks: dict[str, int]
 
 
-def stored_encoder(
-    connect: Callable[[], AbstractContextManager], config: EmbeddingConfig
-) -> Encoder:
+def stored_encoder(connect: Connect, config: EmbeddingConfig) -> Encoder:
     """Unit vectors of short texts (titles with summaries) from the run's embedding model, kept
     in the embedding store (`connect` opens a DuckDB connection), so a re-run gets the very same
     vectors without encoding again."""

@@ -19,7 +19,7 @@ from ..errors import InputError
 
 DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
 # A cell starting with one of these is read as a formula by spreadsheets (OWASP, CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_START = r"^[=+\-@\t\r]"
 
 
 def _is_duckdb_file(path: Path) -> bool:
@@ -101,9 +101,7 @@ def write_atomically(path: Path, write: Callable[[Path], None] | str, create_par
 
 def neutralise_formulas(table: pl.DataFrame) -> pl.DataFrame:
     """Text cells that a spreadsheet would run as a formula, prefixed with `'` (OWASP)."""
-    risky = pl.col(pl.String).str.starts_with(FORMULA_STARTS[0])
-    for start in FORMULA_STARTS[1:]:
-        risky = risky | pl.col(pl.String).str.starts_with(start)
+    risky = pl.col(pl.String).str.contains(FORMULA_START)
     return table.with_columns(
         pl.when(risky).then("'" + pl.col(pl.String)).otherwise(pl.col(pl.String)).name.keep()
     )

@@ -12,8 +12,8 @@ append-only tables that survive any failure.
 import json
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,6 +23,9 @@ import polars as pl
 
 from ..batches import STORE_ROWS as VECTOR_BATCH_ROWS
 from ..pipeline import WRITTEN_BY
+
+# A short connection to the store with its schema in place, opened on each call.
+Connect = Callable[[], AbstractContextManager]
 
 SCHEMA = "clustering"
 STORE = "clustering_store"
