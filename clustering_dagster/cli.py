@@ -1,6 +1,6 @@
 """`clustering-dagster`: register datasets as Dagster partitions, cluster one (`run`), and read the
-results (datasets, runs, tree, show, texts, search, export, map). `clustering-dagster COMMAND
---help` for each."""
+results (datasets, runs, tree, show, texts, search, export, map, changes). `clustering-dagster
+COMMAND --help` for each."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 import click
 import duckdb
 
+from .commands.changes import changes_command
 from .commands.explore import COMMANDS
+from .commands.explorer import explore
 from .commands.output import visible
 from .core.config import settings
 from .core.config.run_config import load_run_configs
@@ -116,7 +118,7 @@ def list_command() -> None:
         click.echo(f"run_config  {name}")
 
 
-for command in COMMANDS:
+for command in [*COMMANDS, changes_command, explore]:
     cli.add_command(command)
 
 

@@ -23,6 +23,21 @@ def _reliable(figures: dict) -> bool:
 
 # benchmark -> (the keys of its JSON line, what must hold of them)
 SMOKES: dict[str, tuple[set[str], Callable[[dict], bool]]] = {
+    "conversations": (
+        {"conversations", "clusters_shown", "clusters_hidden", "pii_leaks", "small_cluster_leaks",
+         "fine_nmi", "fine_ari", "fine_nmi_gap", "llm_server_errors", "pii_control_found",
+         "seconds"},
+        lambda f: f["conversations"] >= 300 and f["clusters_hidden"] >= 1
+        and f["pii_leaks"] == f["small_cluster_leaks"] == 0
+        and f["pii_control_found"] > 0 and 0 < f["fine_nmi"] <= 1
+        and f["llm_server_errors"] in (0, None),
+    ),
+    "explorer": (
+        {"tree_ms", "cluster_ms", "search_ms", "cold_search_ms", "emerging_found",
+         "pages_checked", "texts", "seconds", "checks_failed"},
+        lambda f: f["texts"] == 500 and f["pages_checked"] == 7 and f["checks_failed"] == []
+        and f["emerging_found"] and all(f[k] > 0 for k in ("tree_ms", "cluster_ms", "search_ms")),
+    ),
     "generalization": (
         {"min_nmi_margin", "min_ari_margin", "min_count_ratio", "max_count_ratio", "union_nmi",
          "union_ari", "sets", "seconds"},

@@ -119,6 +119,8 @@ def test_degenerate_datasets_give_a_sane_result(workspace, name, texts):
         "every_text_assigned": True,
         "levels_nested": True,
         "ground_truth_agreement": True,
+        "privacy_threshold": True,
+        "emerging_clusters": True,  # a first clustering: nothing to compare with
     }
     fine = workspace.sql("SELECT cluster_id FROM clustering.assignments WHERE level_name = 'fine'")
     assert fine.height == len(texts)
@@ -144,6 +146,7 @@ def test_definitions_load_with_partitions_and_no_pool():
         "default",
         "kmeans",
         "llm_example",
+        "private",
     ]
     for asset in ALL_ASSETS:
         assert asset.op.pool is None  # a dead run must hold no slot: writers wait on the file

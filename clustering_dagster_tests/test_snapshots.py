@@ -6,6 +6,7 @@ import pytest
 
 from clustering_dagster.core.storage.snapshots import downstream, mark_written, publish_if_complete
 from clustering_dagster.core.storage.store import (
+    LAYOUT,
     MissingResult,
     Partition,
     _view,
@@ -161,4 +162,4 @@ def test_a_file_of_layout_2_gains_the_projections_fitted_column(tmp_path):
         assert rows == [(0, True)]  # written before the column: counted as fitted
         columns = conn.execute("SELECT * FROM clustering.projections LIMIT 0").description
         assert "fitted" in [c[0] for c in columns]
-        assert conn.execute("SELECT max(version) FROM clustering.layout").fetchone()[0] == 3
+        assert conn.execute("SELECT max(version) FROM clustering.layout").fetchone()[0] == LAYOUT

@@ -5,6 +5,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 from dagster_duckdb import DuckDBResource
 
 from ..core.labelling.hierarchy import build_tree, render_tree
+from ..core.privacy.threshold import visible_levels, with_folded_nodes
 from ..core.results.plot import map_png
 from ..core.storage.store import read_partition
 from ..resources import ClusteringSettings, connection
@@ -26,14 +27,19 @@ def cluster_hierarchy(
             conn, "cluster_labels", part, "level, cluster_id, label, keywords", "level, cluster_id"
         )
         coords = read_partition(conn, "projections", part, "map_x, map_y", "row_idx")
-    levels = assignments.partition_by("level", maintain_order=True)
+        hidden = read_partition(conn, "hidden_clusters", part, "*", "level", required=False)
+    levels, keep = visible_levels(assignments)
+    coords = coords.filter(keep)
     by_level = named.partition_by("level", maintain_order=True)
     tree = build_tree(
         [level["level_name"][0] for level in levels],
         [level["cluster_id"].to_numpy() for level in levels],
         [dict(zip(level["cluster_id"], level["label"], strict=True)) for level in by_level],
         [dict(zip(level["cluster_id"], level["keywords"], strict=True)) for level in by_level],
-    ).with_columns(position=pl.int_range(pl.len(), dtype=pl.Int32))
+    )
+    tree = with_folded_nodes(tree, hidden, total=keep.len()).with_columns(
+        position=pl.int_range(pl.len(), dtype=pl.Int32)
+    )
     with connection(duckdb) as conn:
         write_result(conn, context, part, config, {"hierarchy": tree})
     outline = render_tree(tree)

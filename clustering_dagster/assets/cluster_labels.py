@@ -5,6 +5,7 @@ from dagster_duckdb import DuckDBResource
 
 from ..core.labelling.label import LevelTexts, label_sample, make_labeler
 from ..core.naming.merge import stored_encoder
+from ..core.privacy.threshold import visible_levels
 from ..core.storage.store import partition_vectors, read_partition
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, markdown_table, stage, write_result
@@ -18,7 +19,8 @@ def cluster_labels(
 ) -> MaterializeResult:
     """A name, key phrases and central examples for every cluster at every level: phrases chosen
     against the other clusters of the level and by their similarity (with the run's embedding
-    model; their vectors are kept in the embedding store) to the cluster's centroid."""
+    model; their vectors are kept in the embedding store) to the cluster's centroid. Texts below
+    the privacy threshold are never read."""
     part, config = stage(context, clustering)
     with connection(duckdb) as conn:
         rows, vectors = partition_vectors(conn, part)
@@ -26,7 +28,8 @@ def cluster_labels(
             conn, "assignments", part, "level, level_name, cluster_id", "level, row_idx"
         )
     labeler = make_labeler(config.labeler, stored_encoder(duckdb.get_connection, config.embedding))
-    levels = assignments.partition_by("level", maintain_order=True)
+    levels, keep = visible_levels(assignments)
+    rows, vectors = rows.filter(keep), vectors[keep]
     sample = label_sample(levels[-1]["cluster_id"].to_numpy(), config.labeler.max_texts)
     texts, vectors = rows["text"].gather(sample).to_list(), vectors[sample]
     frames = []

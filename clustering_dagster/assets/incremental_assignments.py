@@ -11,11 +11,12 @@ from ..core.clustering.incremental import (
     clustered_levels,
     recluster_reasons,
 )
-from ..core.data_in.ingest import load_texts
+from ..core.data_in.prepare import prepare
 from ..core.embedding.store_vectors import vectors_model
 from ..core.storage.store import partition_vectors, read_partition, vectors_for
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, markdown_table, stage, write_result
+from .summary_runs import facet_describer
 
 
 @clustering_asset()
@@ -25,7 +26,8 @@ def incremental_assignments(
     """Texts appended to the dataset since its last clustering, assigned to the existing clusters
     of every level without re-clustering; texts that fit no cluster well are flagged."""
     part, config = stage(context, clustering)
-    current, _ = load_texts(clustering.dataset(part.dataset))
+    spec = clustering.dataset(part.dataset)
+    current = prepare(spec, config, facet_describer(duckdb, context, config, spec)[1]).texts
     with connection(duckdb) as conn:
         rows, vectors = partition_vectors(conn, part)
         assignments = read_partition(
@@ -43,7 +45,6 @@ def incremental_assignments(
     removed = rows.height - (current.height - new.height)
     frame = pl.DataFrame(schema=SCHEMA)
     if new.height:
-        spec = clustering.dataset(part.dataset)
         model, _ = vectors_model(
             partial(connection, duckdb), context.log.info, spec, config.embedding, new
         )

@@ -11,7 +11,8 @@ from ..core.naming.merged_tree import merged_tree, offline_tree
 from ..core.naming.offline_levels import OfflineLevels
 from ..core.naming.prompts import Node
 from ..core.naming.summarize import read_base_clusters
-from ..core.storage.store import read_partition
+from ..core.privacy.threshold import with_folded_nodes
+from ..core.storage.store import HIDDEN_ID, read_partition
 from ..resources import ClusteringSettings, connection
 from .common import clustering_asset, stage, write_result
 from .summary_runs import cost_metadata, summary_runs
@@ -30,7 +31,11 @@ def merged_hierarchy(
         summaries = read_partition(
             conn, "cluster_summaries", part, "*", "alias, cluster_id"
         ).filter(pl.col("alias").is_in([run.alias for run in runs]))
-        hdbscan_tree = read_partition(conn, "hierarchy", part, "*", "position")
+        hdbscan_tree = read_partition(conn, "hierarchy", part, "*", "position").filter(
+            pl.col("cluster_id") != HIDDEN_ID
+        )
+        hidden = read_partition(conn, "hidden_clusters", part, "*", "level", required=False)
+        total = read_partition(conn, "texts", part, "count(*) AS n", "n")["n"][0]
         examples = read_partition(
             conn, "cluster_labels", part, "level, cluster_id, examples", "level"
         )
@@ -56,7 +61,7 @@ def merged_hierarchy(
             steps[run.alias] = {
                 step: sum(level.fallbacks[step] for level in levels) for step in FALLBACK_STEPS
             }
-        trees.append(tree.with_columns(alias=pl.lit(run.alias)))
+        trees.append(with_folded_nodes(tree, hidden, total).with_columns(alias=pl.lit(run.alias)))
     table = pl.concat(trees)
     metadata = cost_metadata(runs, steps)
     stats = {k: v for k, v in metadata.items() if k != "summary_runs"}

@@ -1,16 +1,22 @@
-"""What the two summary assets share: one summary run per alias, and its cost as metadata."""
+"""What the assets that call an LLM share: one summary run per alias, the facets' LLM, and their
+cost as metadata."""
 
 from dataclasses import dataclass
+from functools import partial
 
 import polars as pl
 from dagster import AssetExecutionContext
 from dagster_duckdb import DuckDBResource
 
 from ..core.config.run_config import RunConfig, stable_hash
+from ..core.data_in.datasets import DatasetSpec
+from ..core.data_in.prepare import Describe
 from ..core.llm.cache import CallCache
 from ..core.llm.client import LLMClient
 from ..core.llm.formats import OutputForm
 from ..core.llm.requests import CallStats
+from ..core.naming.conversation_facets import describe_conversations
+from ..resources import connection
 from .common import markdown_table
 
 # What each Dagster run learned of its servers' output forms, by (run id, model, api_base): the
@@ -98,3 +104,22 @@ def cost_metadata(runs: list[SummaryRun], steps: dict[str, dict[str, int]]) -> d
         "fallbacks": sum(sum(counts.values()) for counts in steps.values()),
         "summary_runs": markdown_table(table),
     }
+
+
+def facet_describer(
+    duckdb: DuckDBResource, context: AssetExecutionContext, config: RunConfig, spec: DatasetSpec
+) -> tuple[SummaryRun | None, Describe | None]:
+    """The LLM that writes a conversation dataset's facets, if the configuration names one."""
+    settings = config.facets.llm
+    if settings is None or spec.kind != "conversations":
+        return None, None
+    # raw_texts, the first asset of a run, may meet a fresh file: `connection` makes the schema
+    client = LLMClient(settings, CallCache(partial(connection, duckdb)), log=context.log.warning)
+    run = SummaryRun(
+        "facets", f"llm:{settings.model}", stable_hash(settings.model_dump(mode="json")), client
+    )
+
+    def describe(messages, offline):
+        return client.run(partial(describe_conversations, client, settings, messages, offline))
+
+    return run, describe

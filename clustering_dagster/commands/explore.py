@@ -14,6 +14,7 @@ import polars as pl
 from ..core.config import settings
 from ..core.errors import InputError
 from ..core.results.export import FORMATS, llm_cluster_json, text_table
+from ..core.results.facets import breakdown, facet_columns, matching_rows, parse_filters
 from ..core.results.map_page import default_path, map_data, render
 from ..core.results.outputs import check_output, neutralise_formulas, write_atomically
 from ..core.results.reading import (
@@ -29,6 +30,8 @@ from .output import (
     alias_option,
     count,
     emit_json,
+    facet_line,
+    facet_option,
     json_option,
     note,
     run_config_option,
@@ -141,6 +144,7 @@ def show(db: Path, dataset, cluster, run_config, alias, examples: int, as_json: 
     with _named_tree(db, dataset, run_config, alias) as (conn, named):
         node = named.node(cluster)
         typical = node_texts(conn, named, cluster, examples).to_dicts() if examples else []
+        facets = breakdown(conn, named.part, named.leaf_level, named.leaves(cluster))
     parents = named.ancestors(cluster)
     children = named.children(cluster).select("node_id", "name", "size", "share").to_dicts()
     brief = {k: node[k] for k in ("node_id", "level_name", "name", "size")}
@@ -155,6 +159,7 @@ def show(db: Path, dataset, cluster, run_config, alias, examples: int, as_json: 
                 "path": [{k: p[k] for k in ("node_id", "name")} for p in [*parents[::-1], brief]],
                 "children": children,
                 "typical_texts": typical,
+                "facets": facets,
             }
         )
     say(f"{node['node_id']}  {node['name']}")
@@ -167,6 +172,8 @@ def show(db: Path, dataset, cluster, run_config, alias, examples: int, as_json: 
         say("keywords: " + ", ".join(node["keywords"]))
     if node["summary"]:
         say("summary: " + node["summary"])
+    if facets:
+        say(facet_line(facets))
     if children:
         show_table(
             children, [("node_id", "child"), ("size", "texts>"), ("name", "name")], wrap="name"
@@ -185,12 +192,15 @@ def show(db: Path, dataset, cluster, run_config, alias, examples: int, as_json: 
 @run_config_option
 @alias_option
 @click.option("--limit", "-n", default=20, show_default=True, type=count(0))
+@facet_option
 @json_option
 @click.pass_obj
-def texts(db: Path, dataset, cluster, run_config, alias, limit: int, as_json: bool) -> None:
+def texts(db: Path, dataset, cluster, run_config, alias, limit: int, facet, as_json: bool) -> None:
     """The texts of a cluster, the most typical (nearest its centroid) first; --limit 0: all."""
+    filters = parse_filters(facet)
     with _named_tree(db, dataset, run_config, alias) as (conn, named):
-        rows = node_texts(conn, named, cluster, limit or None).to_dicts()
+        only = matching_rows(conn, named.part, filters) if filters else None
+        rows = node_texts(conn, named, cluster, limit or None, only).to_dicts()
     if as_json:
         return emit_json(rows)
     show_table(
@@ -226,9 +236,12 @@ def _writable(db: Path, out: Path) -> Path:
     help="CSV: prefix cells starting with = + - @ tab or CR with ' so spreadsheets do not run "
     "them as formulas; --no-formula-guard writes them exactly, for programs.",
 )  # fmt: skip
+@facet_option
 @click.option("--out", "-o", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @click.pass_obj
-def export(db: Path, dataset, run_config, alias, fmt, level, truncate, formula_guard, out) -> None:
+def export(
+    db: Path, dataset, run_config, alias, fmt, level, truncate, formula_guard, facet, out
+) -> None:
     """The clusters with their texts: JSON as `llm cluster` writes it, or CSV / Parquet with one
     row per text and its cluster at every level. Never written over the results database, any
     DuckDB file or an input; written whole or not at all."""
@@ -236,8 +249,12 @@ def export(db: Path, dataset, run_config, alias, fmt, level, truncate, formula_g
         raise InputError("parquet is binary: pass --out FILE")
     if out is not None:
         _writable(db, out)
+    filters = parse_filters(facet)
     with _named_tree(db, dataset, run_config, alias) as (conn, named):
         rows = text_names(conn, named)
+        if filters:
+            rows = rows.filter(pl.col("row_idx").is_in(matching_rows(conn, named.part, filters)))
+        extra = facet_columns(conn, named.part)
     if fmt == "json":
         clusters = llm_cluster_json(named, rows, level, truncate)
         if out is None:
@@ -245,6 +262,8 @@ def export(db: Path, dataset, run_config, alias, fmt, level, truncate, formula_g
         write_atomically(out, json.dumps(clusters, ensure_ascii=False, indent=2))
         return note(f"wrote {len(clusters)} clusters to {out}")
     table = text_table(named, rows, level, truncate)
+    if extra.height:
+        table = table.join(extra, on="row_idx", how="left", maintain_order="left")
     if fmt == "csv" and formula_guard:
         table = neutralise_formulas(table)
     if out is None:

@@ -47,6 +47,26 @@ UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]
 # Of those, what json.dumps(ensure_ascii=False) leaves raw inside strings (it escapes C0 itself).
 JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
+facet_option = click.option(
+    "--facet",
+    multiple=True,
+    metavar="FACET=VALUE",
+    help="Conversation datasets: only texts whose facet matches, e.g. language=fr, "
+    "concerning>=3, user_turns>1 (repeatable: all must match).",
+)
+
+
+def facet_line(facets: dict) -> str:
+    """A cluster's facets in one line: languages, user turns, mean concerning score."""
+    languages = ", ".join(f"{k} {100 * v:.0f}%" for k, v in facets["languages"].items())
+    turns = facets["user_turns"]
+    concerning = facets["mean_concerning"]
+    return (
+        f"facets: {facets['conversations']} conversations; languages {languages}; user turns "
+        f"mean {turns['mean']}, median {turns['median']:g}, max {turns['max']}; concerning "
+        + ("n/a (offline facets)" if concerning is None else f"mean {concerning}")
+    )
+
 
 def visible(text: str) -> str:
     """`text` with every control character shown as an escape (`\\x1b`, `\\u202e`), so data

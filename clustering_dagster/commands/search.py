@@ -10,6 +10,7 @@ import click
 import polars as pl
 
 from ..core.errors import InputError
+from ..core.results.facets import has_facets, matching_rows, parse_filters
 from ..core.results.reading import partitions, read_only, resolve
 from ..core.results.search import Searcher, search_clusters, search_texts
 from ..core.storage.store import Partition
@@ -17,6 +18,7 @@ from .output import (
     alias_option,
     count,
     emit_json,
+    facet_option,
     json_option,
     note,
     run_config_option,
@@ -74,8 +76,11 @@ def _path(row: dict) -> list[dict]:
     return [{"node_id": row[f"node_{d}"], "name": row[f"name_{d}"]} for d in range(depth)]
 
 
-def answer(searcher: Searcher, parts, alias, query: str, kinds, limit: int, within) -> dict:
-    """The best `limit` clusters and/or texts over every partition, best first."""
+def answer(
+    searcher: Searcher, parts, alias, query: str, kinds, limit: int, within, only=None
+) -> dict:
+    """The best `limit` clusters and/or texts over every partition, best first; `only`: per
+    partition the row_idx texts may come from (facet filters)."""
     found = {kind: [] for kind in kinds}
     for part in parts:
         index = searcher.index(part, alias)
@@ -87,7 +92,8 @@ def answer(searcher: Searcher, parts, alias, query: str, kinds, limit: int, with
             hits = search_clusters(index, vector, limit, within)
             found["clusters"] += [where | hit for hit in hits.to_dicts()]
         if "texts" in kinds:
-            for row in search_texts(index, vector, limit, within).to_dicts():
+            rows = None if only is None else only[part]
+            for row in search_texts(index, vector, limit, within, rows).to_dicts():
                 keep = {k: row[k] for k in ("row_idx", "text_id", "text", "score")}
                 found["texts"].append(where | keep | {"clusters": _path(row)})
     return {"query": query} | {
@@ -128,12 +134,22 @@ def _show(result: dict, many: bool) -> None:
 @click.option("--texts", "what", flag_value="texts", help="Only texts.")
 @click.option("--within", default=None, metavar="CLUSTER", help="Only inside this cluster.")
 @click.option("--limit", "-n", default=10, show_default=True, type=count(1))
+@facet_option
 @json_option
 @click.pass_obj
-def search(db: Path, query, dataset, run_config, alias, what, within, limit, as_json) -> None:
+def search(
+    db: Path, query, dataset, run_config, alias, what, within, limit, facet, as_json
+) -> None:
     """Texts and clusters nearest in meaning to QUERY ('-': one query per line from stdin),
     embedded with each partition's own model."""
     parts = _partitions(db, dataset, run_config, within)
+    filters = parse_filters(facet)
+    only = None
+    if filters:
+        with read_only(db) as conn:
+            if len(parts) > 1:  # over every partition: those with facets
+                parts = [part for part in parts if has_facets(conn, part)] or parts[:1]
+            only = {part: matching_rows(conn, part, filters) for part in parts}
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     searcher = Searcher(db)
     kinds = KINDS if what is None else (what,)
@@ -144,7 +160,7 @@ def search(db: Path, query, dataset, run_config, alias, what, within, limit, as_
             skipped += 1
             note(f"error: {text}")
             continue
-        result = answer(searcher, parts, alias, text, kinds, limit, within)
+        result = answer(searcher, parts, alias, text, kinds, limit, within, only)
         if as_json and query == "-":
             emit_json(result, lines=True)
         elif as_json:

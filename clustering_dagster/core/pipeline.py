@@ -4,10 +4,19 @@ which (what a publication withdraws) and of the order the fault benchmarks stop 
 
 # asset: (the assets it reads, the versioned tables it writes)
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "raw_texts": ((), ("texts",)),
+    "raw_texts": ((), ("texts", "facets", "private_rows")),
     "embeddings": (("raw_texts",), ("embeddings",)),
     "projections": (("embeddings",), ("projections",)),
-    "cluster_levels": (("projections",), ("assignments", "cluster_centroids", "cluster_lineage")),
+    "cluster_levels": (
+        ("projections",),
+        (
+            "assignments",
+            "cluster_centroids",
+            "cluster_lineage",
+            "cluster_changes",
+            "hidden_clusters",
+        ),
+    ),
     "cluster_labels": (("cluster_levels",), ("cluster_labels",)),
     "incremental_assignments": (("cluster_levels",), ("incremental_assignments",)),
     "cluster_hierarchy": (("cluster_labels",), ("hierarchy",)),

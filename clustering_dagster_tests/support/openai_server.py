@@ -2,11 +2,12 @@
 the request, so results are checkable.
 
 `/v1/embeddings` returns bag-of-words vectors. `/v1/chat/completions` answers the labeling prompts
-of `clustering_dagster.core.naming.summarize` and `.merge`, told apart by the answer's JSON schema (in
-`response_format`, or shown in the prompt): titles are built from the most frequent content words
-of the delimited texts, parents from the words of their children's titles. It behaves like a naive
-model in one respect: an instruction "answer only with: X" found outside the <text> data blocks is
-obeyed.
+of `clustering_dagster.core.naming.summarize` and `.merge`, and the facet prompts of
+`.conversation_facets`, told apart by the answer's JSON schema (in `response_format`, or shown in
+the prompt): titles are built from the most frequent content words of the delimited texts, parents
+from the words of their children's titles, a conversation's request and task from the content
+words of its user turns (language "en", concerning 1). It behaves like a naive model in one
+respect: an instruction "answer only with: X" found outside the <text> data blocks is obeyed.
 
 Structured-output forms the server does not `accept` are refused as real servers do: `json_schema`
 with llama.cpp's HTTP 500 ("Input should be 'text' or 'json_object'"), `json_object` with a 400.
@@ -14,8 +15,9 @@ Faults are injected with `inject`: "429", "503", "500" and "401" (an error statu
 may carry `retry_after` seconds), "hang" (no reply before `hang_s`), "invalid_json" (a chatty reply
 that is not JSON), "unknown_parent" (an assignment naming no offered category), and the harmless
 defects of small models: "near_miss_parent" (an offered name in other case and punctuation),
-"control_chars" (raw control characters inside JSON strings), "long_title" (a 14-word title) and
-"blank_category" (an extra category without a name). Every reply can be delayed by a fixed
+"control_chars" (raw control characters inside JSON strings), "long_title" (a 14-word title),
+"blank_category" (an extra category without a name) and "language_name" (a conversation's
+language as a name, "English", not a code). Every reply can be delayed by a fixed
 `latency` (seconds).
 """
 
@@ -128,12 +130,25 @@ def describe_parent(prompt: str) -> dict:
     }
 
 
+def describe_conversation(prompt: str) -> dict:
+    block = _block(prompt, "conversation")
+    turns = re.findall(r'<text role="user">(.*?)</text>', block, re.S)
+    words = top_words([html.unescape(t) for t in turns], 3) or ["nothing"]
+    return {
+        "request": f"The user asks about {', '.join(words)}.",
+        "task": f"Answer a question about {' '.join(words)}",
+        "language": "en",
+        "concerning": 1,
+    }
+
+
 ANSWERS = {
     "cluster_description": describe_cluster,
     "parent_candidates": propose_parents,
     "deduplicated_categories": deduplicate,
     "parent_assignment": assign_parent,
     "parent_description": describe_parent,
+    "conversation_facets": describe_conversation,
 }
 
 
@@ -168,6 +183,7 @@ def task_of(request: dict) -> str:
         frozenset({"title", "summary", "category", "coherence"}): "cluster_description",
         frozenset({"category"}): "parent_assignment",
         frozenset({"title", "summary"}): "parent_description",
+        frozenset({"request", "task", "language", "concerning"}): "conversation_facets",
     }.get(frozenset(fields), "")
 
 
@@ -179,6 +195,8 @@ def with_defect(kind: str, task: str, reply: dict) -> str:
         reply = reply | {"title": " ".join([reply["title"]] + ["and", "more"] * 7)}
     elif kind == "blank_category" and "categories" in reply:
         reply = {"categories": [*reply["categories"], {"name": " ", "description": "Nothing."}]}
+    elif kind == "language_name" and "language" in reply:
+        reply = reply | {"language": "English"}
     if kind != "control_chars":
         return json.dumps(reply)
     text = json.dumps(reply, separators=(",", ":"))  # ", " and ". " now occur only in strings
@@ -188,7 +206,7 @@ def with_defect(kind: str, task: str, reply: dict) -> str:
 def answer(request: dict, defect: str | None = None) -> str:
     """The reply's content: the first user message decides it, as if re-asked from scratch."""
     prompt = _prompt(request)
-    outside_data = re.sub(r"<text>.*?</text>", "", prompt, flags=re.S)
+    outside_data = re.sub(r"<text\b[^>]*>.*?</text>", "", prompt, flags=re.S)
     obeyed = re.search(r"(?i)answer only with:?\s*(\S+)", outside_data)
     if obeyed:
         return obeyed.group(1)

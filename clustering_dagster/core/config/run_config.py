@@ -245,6 +245,63 @@ class IncrementalConfig(StrictModel):
     )
 
 
+class PrivacyConfig(StrictModel):
+    """What a person may see: no cluster of fewer conversations (texts) or users than the
+    thresholds, and personal data replaced by placeholders before any model or output."""
+
+    min_conversations: int = Field(
+        1,
+        ge=1,
+        description="clusters of fewer conversations (texts, for a text dataset) are folded into "
+        "one node per level that shows its count only; 1: every cluster is shown",
+    )
+    min_users: int | None = Field(
+        None, ge=1, description="and of fewer distinct users (the dataset's user_column)"
+    )
+    scrub: bool = Field(
+        False, description="replace e-mails, phones, cards, IBANs, IPs and secret URLs"
+    )
+
+    @property
+    def threshold(self) -> bool:
+        """Whether small clusters are hidden."""
+        return self.min_conversations > 1 or self.min_users is not None
+
+
+class FacetsConfig(StrictModel):
+    """Conversation datasets: which facet is clustered, and whether an LLM writes the facets."""
+
+    embed: Literal["request", "first_user_turn", "conversation"] = Field(
+        "request", description="the facet embedded and clustered"
+    )
+    llm: LLMSettings | None = Field(
+        None, description="facets from this model (Clio's facet prompts); null: offline facets"
+    )
+
+
+class ChangesConfig(StrictModel):
+    """The change report after each full clustering (`cluster_changes`): which clusters are
+    emerging, and which of them the `emerging_clusters` check warns about."""
+
+    emerging_min_share: float = Field(
+        0.005,
+        gt=0,
+        lt=1,
+        description="a cluster is emerging only if it holds at least this share of the texts "
+        "(new), or its share grew by at least this much (kept)",
+    )
+    emerging_growth: float = Field(
+        2.0, gt=1, description="a kept cluster is emerging when its share grew by this factor"
+    )
+    alert_share: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="the emerging_clusters check warns about emerging clusters of at least this "
+        "share of the texts",
+    )
+
+
 class RunConfig(StrictModel):
     name: str
     description: str = ""
@@ -258,6 +315,9 @@ class RunConfig(StrictModel):
     labeler: LabelerConfig = LabelerConfig()
     quality: QualityConfig = QualityConfig()
     incremental: IncrementalConfig = IncrementalConfig()
+    facets: FacetsConfig = FacetsConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    changes: ChangesConfig = ChangesConfig()
 
     @model_validator(mode="after")
     def _levels_unique_and_coarse_first(self):
@@ -278,9 +338,10 @@ class RunConfig(StrictModel):
         return self.model_dump(mode="json")
 
     def params_hash(self) -> str:
-        """Hash of what shapes the results (not the name, description, `active` or where the
-        vectors are computed)."""
-        exclude = {"name": True, "description": True, "active": True}
+        """Hash of what shapes the clusters (not the name, description, `active`, where the
+        vectors are computed, or the change report's thresholds: tuning an alert re-clusters
+        nothing)."""
+        exclude = {"name": True, "description": True, "active": True, "changes": True}
         return stable_hash(
             self.model_dump(mode="json", exclude=exclude | {"embedding": {"worker_devices"}})
         )

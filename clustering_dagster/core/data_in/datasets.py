@@ -1,6 +1,7 @@
 """Datasets are files (CSV, Parquet, JSONL) or folders of them under one directory.
 
-An optional `<name>.yaml` beside a file or folder says which columns to read.
+An optional `<name>.yaml` beside a file or folder says which columns to read, and whether a row
+is one text (`kind: texts`, the default) or one conversation (`kind: conversations`).
 """
 
 import hashlib
@@ -14,7 +15,20 @@ import yaml
 from ..errors import InputError
 
 DATA_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
-SPEC_FIELDS = {"text_column", "id_column", "metadata_columns", "label_column", "embedding_column"}
+TEXT_FIELDS = {"text_column", "embedding_column"}  # kind: texts only
+TURNS_FIELDS = {"conversation_column", "order_column", "role_column", "content_column"}
+CONVERSATION_FIELDS = {"format", "messages_column", *TURNS_FIELDS}  # kind: conversations only
+SPEC_FIELDS = {
+    "kind",
+    "id_column",
+    "metadata_columns",
+    "label_column",
+    "user_column",
+    *TEXT_FIELDS,
+    *CONVERSATION_FIELDS,
+}
+KINDS = ("texts", "conversations")
+FORMATS = ("messages", "lmsys", "turns")  # how a conversation dataset lays out its messages
 
 
 def slugify(name: str) -> str:
@@ -37,6 +51,14 @@ class DatasetSpec:
     metadata_columns: tuple[str, ...] = ()
     label_column: str | None = None
     embedding_column: str | None = None  # Parquet only: the dataset brings its own vectors
+    user_column: str | None = None  # the person: a privacy threshold counts distinct users
+    kind: str = "texts"  # or "conversations"
+    format: str | None = None  # conversations: "messages", "lmsys" or "turns"
+    messages_column: str | None = None  # messages, lmsys: a list of {role, content} per row
+    conversation_column: str | None = None  # turns (one per row): which conversation,
+    order_column: str | None = None  # its position in it,
+    role_column: str | None = None  # who speaks
+    content_column: str | None = None  # and what
     files: tuple[Path, ...] = field(default=())
 
 
@@ -58,7 +80,7 @@ def _read_spec_file(spec_path: Path) -> dict:
     unknown = sorted(set(spec) - SPEC_FIELDS)
     if unknown:
         raise InputError(f"{spec_path}: unknown setting {unknown[0]!r}; use {sorted(SPEC_FIELDS)}")
-    for name in SPEC_FIELDS - {"metadata_columns"}:
+    for name in SPEC_FIELDS - {"metadata_columns", "kind", "format"}:
         if spec.get(name) is not None and not isinstance(spec[name], str):
             raise InputError(f"{spec_path}: {name} must be one column name, got {spec[name]!r}")
     columns = spec.get("metadata_columns")
@@ -69,12 +91,68 @@ def _read_spec_file(spec_path: Path) -> dict:
             f"{spec_path}: metadata_columns must be a list of column names, like [{columns}], "
             f"got {columns!r}"
         )
+    _check_kind(spec, spec_path)
     return spec
+
+
+def _check_kind(spec: dict, spec_path: Path) -> None:
+    """`kind` and `format` are known values, and no setting belongs to another kind or format."""
+    given = {name for name, value in spec.items() if value is not None}
+    kind = spec.get("kind") or "texts"
+    if kind not in KINDS:
+        raise InputError(f"{spec_path}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "texts":
+        if given & CONVERSATION_FIELDS:
+            name = sorted(given & CONVERSATION_FIELDS)[0]
+            raise InputError(
+                f"{spec_path}: {name} is a setting of conversation datasets; add "
+                f"'kind: conversations' or remove it"
+            )
+        return
+    if given & TEXT_FIELDS:
+        name = sorted(given & TEXT_FIELDS)[0]
+        raise InputError(
+            f"{spec_path}: {name} is a setting of text datasets, not of kind conversations "
+            f"(their messages are read from messages_column, or with format turns from "
+            f"content_column)"
+        )
+    format_ = spec.get("format") or "messages"
+    if format_ not in FORMATS:
+        raise InputError(
+            f"{spec_path}: format must be one of {', '.join(FORMATS)}, got {format_!r}"
+        )
+    if format_ == "turns":
+        wrong = given & {"messages_column", "id_column"}
+        hint = "conversation_column names the conversation of each turn"
+    else:
+        wrong = given & TURNS_FIELDS
+        hint = "each row holds a whole conversation in messages_column"
+    if wrong:
+        raise InputError(
+            f"{spec_path}: {sorted(wrong)[0]} is not a setting of format {format_} ({hint})"
+        )
 
 
 def _spec_file(path: Path) -> Path:
     """The optional YAML beside a dataset file or folder."""
     return path.parent / f"{path.name if path.is_dir() else path.stem}.yaml"
+
+
+def _conversation_settings(spec: dict) -> dict:
+    """The settings of a conversation dataset, each format's defaults filled in."""
+    if (spec.get("kind") or "texts") == "texts":
+        return {}
+    format_ = spec.get("format") or "messages"
+    if format_ == "turns":
+        return {
+            "format": format_,
+            "conversation_column": spec.get("conversation_column") or "conversation_id",
+            "order_column": spec.get("order_column") or "turn",
+            "role_column": spec.get("role_column") or "role",
+            "content_column": spec.get("content_column") or "content",
+        }
+    default = "conversation" if format_ == "lmsys" else "messages"
+    return {"format": format_, "messages_column": spec.get("messages_column") or default}
 
 
 def _spec_for(path: Path) -> DatasetSpec:
@@ -87,6 +165,9 @@ def _spec_for(path: Path) -> DatasetSpec:
         metadata_columns=tuple(spec.get("metadata_columns") or ()),
         label_column=spec.get("label_column"),
         embedding_column=spec.get("embedding_column"),
+        user_column=spec.get("user_column"),
+        kind=spec.get("kind") or "texts",
+        **_conversation_settings(spec),
         files=_data_files(path),
     )
 

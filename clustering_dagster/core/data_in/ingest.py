@@ -57,7 +57,13 @@ def _read_file(path: Path, spec: DatasetSpec) -> tuple[pl.DataFrame, int, list[s
     try:
         if path.suffix == ".parquet":
             columns = list(pl.read_parquet_schema(path))
-            wanted = {text_column, spec.id_column, spec.label_column, *spec.metadata_columns}
+            wanted = {
+                text_column,
+                spec.id_column,
+                spec.label_column,
+                spec.user_column,
+                *spec.metadata_columns,
+            }
             frame = pl.read_parquet(path, columns=[c for c in columns if c in wanted])
         elif path.suffix == ".csv":
             frame = pl.read_csv(io.StringIO(text), infer_schema=False)
@@ -94,6 +100,7 @@ def _require_columns(columns: list[str], path: Path, spec: DatasetSpec) -> None:
         "id_column": spec.id_column,
         "label_column": spec.label_column,
         "embedding_column": spec.embedding_column,
+        "user_column": spec.user_column,
     }
     wanted |= {f"metadata_columns[{i}]": c for i, c in enumerate(spec.metadata_columns)}
     for role, column in wanted.items():
@@ -121,6 +128,7 @@ def _normalise(frame: pl.DataFrame, path: Path, spec: DatasetSpec, root: Path) -
         text_id=_as_string(frame, spec.id_column),
         ground_truth=_as_string(frame, spec.label_column),
         metadata=meta,
+        user_id=_as_string(frame, spec.user_column),
         source_file=pl.lit(str(path.relative_to(root)) if path != root else path.name),
         line=pl.int_range(pl.len(), dtype=pl.Int32),
     )
@@ -140,8 +148,9 @@ def text_hash(texts: pl.Series) -> pl.Series:
     return pl.Series(texts.name, digests, dtype=pl.String)
 
 
-def load_texts(spec: DatasetSpec) -> tuple[pl.DataFrame, IngestReport]:
-    """All non-empty texts of a dataset, whitespace-normalised, hashed, duplicates marked."""
+def read_texts(spec: DatasetSpec) -> tuple[pl.DataFrame, int]:
+    """Every row of a text dataset (text, text_id, ground_truth, metadata, user_id, source_file,
+    line), and the undecodable bytes replaced."""
     if not spec.files:
         raise InputError(f"{spec.path}: no .csv, .parquet or .jsonl files found")
     frames, bad = [], 0
@@ -153,13 +162,17 @@ def load_texts(spec: DatasetSpec) -> tuple[pl.DataFrame, IngestReport]:
         _require_columns(columns, path, spec)
         frames.append(_normalise(frame, path, spec, root))
         bad += bad_bytes
-    texts = pl.concat(frames)
-    rows_read = texts.height
-    texts = clean_texts(texts)
+    return pl.concat(frames), bad
+
+
+def finish_texts(frame: pl.DataFrame, spec: DatasetSpec, what: str) -> pl.DataFrame:
+    """The rows of `frame` (read_texts' columns, any others kept) with a non-empty text,
+    whitespace-normalised, hashed, numbered (`row_idx`) and duplicates marked; an id given twice
+    is an error (`what` names the text column in messages)."""
+    rows_read = frame.height
+    texts = clean_texts(frame)
     if texts.height == 0:
-        raise InputError(
-            f"{spec.path}: column {spec.text_column!r} holds no non-empty text in {rows_read} rows"
-        )
+        raise InputError(f"{spec.path}: {what} holds no non-empty text in {rows_read} rows")
     texts = texts.with_columns(
         text_id=pl.coalesce(
             "text_id", pl.col("source_file") + ":" + pl.col("line").cast(pl.String)
@@ -174,6 +187,7 @@ def load_texts(spec: DatasetSpec) -> tuple[pl.DataFrame, IngestReport]:
             duplicate_of=pl.when(pl.col("first_idx") != pl.col("row_idx")).then(pl.col("first_idx"))
         )
         .sort("row_idx")
+        .drop("first_idx")
     )
     repeated = texts.filter(pl.col("text_id").is_duplicated())
     if repeated.height:
@@ -185,13 +199,24 @@ def load_texts(spec: DatasetSpec) -> tuple[pl.DataFrame, IngestReport]:
             f"{spec.path}: id column {spec.id_column!r} repeats {where.height} ids "
             f"({repeated.height} rows), e.g. {shown}"
         )
-    report = IngestReport(
+    return texts
+
+
+def report_of(texts: pl.DataFrame, rows_read: int, bad: int, spec: DatasetSpec) -> IngestReport:
+    return IngestReport(
         rows_read=rows_read,
         empty_dropped=rows_read - texts.height,
         duplicates=int(texts["duplicate_of"].is_not_null().sum()),
         undecodable_bytes=bad,
         files=len(spec.files),
     )
+
+
+def load_texts(spec: DatasetSpec) -> tuple[pl.DataFrame, IngestReport]:
+    """All non-empty texts of a dataset, whitespace-normalised, hashed, duplicates marked."""
+    frame, bad = read_texts(spec)
+    texts = finish_texts(frame, spec, f"column {spec.text_column!r}")
+    report = report_of(texts, frame.height, bad, spec)
     return texts.select(TEXTS_SCHEMA.keys()).cast(TEXTS_SCHEMA), report
 
 

@@ -17,7 +17,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, Field, ValidationError, ValidationInfo
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+)
 
 # Titles are asked for in at most 10 words; a reply of up to 12 is accepted, a longer one is cut
 # to 10 once the model was asked again.
@@ -209,3 +216,17 @@ def not_copied(copied: Sequence[str], what: str) -> Callable[[BaseModel], BaseMo
 def note_repair(info: ValidationInfo, what: str) -> None:
     """Record a repair made by a model's own validator."""
     _reading(info).repairs.append(what)
+
+
+def clamped(low: int, high: int, what: str):
+    """An integer answer from `low` to `high`: one outside (a grammar cannot bound integers) is
+    clamped and noted as a repair, not asked again."""
+
+    def clamp(value: int, info: ValidationInfo) -> int:
+        if low <= value <= high:
+            return value
+        note_repair(info, f"{what} clamped")
+        return min(high, max(low, value))
+
+    schema = {"type": "integer", "minimum": low, "maximum": high}
+    return Annotated[int, AfterValidator(clamp), WithJsonSchema(schema)]

@@ -8,32 +8,18 @@ Offline (labeler kind keywords), every summary comes from the keyword labels.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
 
 import numpy as np
 import polars as pl
-from pydantic import AfterValidator, BaseModel, ValidationInfo, WithJsonSchema
+from pydantic import BaseModel
 
 from ..config.run_config import LLMSettings
 from ..embedding.embed import normalise_rows
 from ..llm.client import Ask, LLMClient, escape, instructions
-from ..llm.replies import Summary, Title, note_repair
-from ..storage.store import Partition, partition_vectors, relation
+from ..llm.replies import Summary, Title, clamped
+from ..storage.store import HIDDEN_ID, Partition, partition_vectors, relation
 
-
-def _rating(value: int, info: ValidationInfo) -> int:
-    """A coherence outside 1-10 (a grammar cannot bound integers) is clamped, not asked again."""
-    if 1 <= value <= 10:
-        return value
-    note_repair(info, "coherence clamped")
-    return min(10, max(1, value))
-
-
-Rating = Annotated[
-    int,
-    AfterValidator(_rating),
-    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 10}),
-]
+Rating = clamped(1, 10, "coherence")
 
 
 class ClusterDescription(BaseModel):
@@ -91,7 +77,8 @@ class BaseClusters:
 
 
 def read_base_clusters(conn, part: Partition) -> BaseClusters:
-    """The partition's finest level, with the keyword labels of `cluster_labels`."""
+    """The partition's finest level, with the keyword labels of `cluster_labels`, without the texts
+    below the privacy threshold."""
     rows, vectors = partition_vectors(conn, part)
     assignments = relation(conn, "assignments", part)
     levels = conn.execute(f"SELECT min(level), max(level) FROM {assignments}").fetchone()
@@ -107,6 +94,8 @@ def read_base_clusters(conn, part: Partition) -> BaseClusters:
     ).pl()
     if assigned["row_idx"].to_list() != rows["row_idx"].to_list():
         raise LookupError(f"the assignments of {part} do not cover its texts: re-cluster first")
+    keep = assigned["cluster_id"] != HIDDEN_ID  # below the privacy threshold: never read
+    rows, vectors, assigned = rows.filter(keep), vectors[keep.to_numpy()], assigned.filter(keep)
     labels = conn.execute(
         "SELECT level, cluster_id, size, label, keywords, examples "
         f"FROM {relation(conn, 'cluster_labels', part)} WHERE level IN (?, ?) ORDER BY cluster_id",

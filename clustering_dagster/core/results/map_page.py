@@ -10,6 +10,7 @@ map name the top clusters.
 import html
 import json
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,8 @@ class MapData:
 
     part: Partition
     tree: NamedTree
-    points: pl.DataFrame  # row_idx, x, y, text, node_1 (if the tree has 2 levels), top, hover
+    points: pl.DataFrame  # row_idx, x, y, text, node_1 (if the tree has 2 levels), top, leaf,
+    # hover
 
 
 def default_path(database: Path, part: Partition) -> Path:
@@ -75,25 +77,38 @@ def map_data(conn, part: Partition, alias: str | None = None) -> MapData:
         for row in rows.iter_rows(named=True)
     ]
     second = ["node_1"] if len(levels) > 1 else []
-    points = rows.select("row_idx", "x", "y", "text", *second, top="node_0").with_columns(
-        hover=pl.Series(hover, dtype=pl.String)
-    )
+    leaf = f"node_{len(levels) - 1}"  # the point's finest cluster
+    points = rows.select(
+        "row_idx", "x", "y", "text", *second, top="node_0", leaf=leaf
+    ).with_columns(hover=pl.Series(hover, dtype=pl.String))
     return MapData(part, tree, points)
 
 
-def _page_data(data: MapData) -> dict:
+def top_traces(data: MapData) -> Iterator[tuple[dict, pl.DataFrame, dict]]:
+    """Per top cluster with points: its node, its points, and its plotly trace's name, colour
+    and positions (a page adds what its points show)."""
     tops = data.tree.nodes.filter(pl.col("level") == 0).sort("position")
-    traces, labels = [], []
     for i, top in enumerate(tops.iter_rows(named=True)):
         mine = data.points.filter(pl.col("top") == top["node_id"])
-        if mine.height == 0:
-            continue
+        if mine.height:
+            yield (
+                top,
+                mine,
+                {
+                    "name": _plotly_text(f"{top['name']} ({top['size']})"),
+                    "color": PALETTE[i % len(PALETTE)],
+                    "x": mine["x"].round(4).to_list(),
+                    "y": mine["y"].round(4).to_list(),
+                },
+            )
+
+
+def _page_data(data: MapData) -> dict:
+    traces, labels = [], []
+    for top, mine, trace in top_traces(data):
         traces.append(
-            {
-                "name": _plotly_text(f"{top['name']} ({top['size']})"),
-                "color": PALETTE[i % len(PALETTE)],
-                "x": mine["x"].round(4).to_list(),
-                "y": mine["y"].round(4).to_list(),
+            trace
+            | {
                 "hover": mine["hover"].to_list(),
                 "search": mine["text"].str.to_lowercase().to_list(),
             }
@@ -112,7 +127,8 @@ def _second_labels(data: MapData) -> list[dict]:
     """Smaller labels for the largest nodes of the second level, where there is one."""
     if "node_1" not in data.points.columns:
         return []
-    nodes = data.tree.nodes.filter(pl.col("level") == 1).sort("size", descending=True)
+    shown = pl.col("node_id").is_in(data.points["node_1"].implode())  # not the folded node
+    nodes = data.tree.nodes.filter((pl.col("level") == 1) & shown).sort("size", descending=True)
     return [
         _label(node["name"], data.points.filter(pl.col("node_1") == node["node_id"]), 1)
         for node in nodes.head(SECOND_LABELS).iter_rows(named=True)

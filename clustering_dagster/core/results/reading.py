@@ -19,7 +19,14 @@ import numpy as np
 import polars as pl
 
 from ..errors import InputError
-from ..storage.store import SCHEMA, Partition, read_partition, store_table
+from ..storage.store import (
+    HIDDEN_ID,
+    SCHEMA,
+    Partition,
+    read_partition,
+    shown_relation,
+    store_table,
+)
 
 # The names of the tree when no LLM alias exists: the keyword labels of `hierarchy`.
 KEYWORD_NAMES = "keywords"
@@ -255,7 +262,8 @@ def load_tree(conn, part: Partition, alias: str | None = None) -> NamedTree:
             conn,
             "hierarchy",
             part,
-            "*, label AS name, NULL::VARCHAR AS summary, 'hdbscan' AS method",
+            "*, label AS name, NULL::VARCHAR AS summary, "
+            f"CASE WHEN cluster_id = {HIDDEN_ID} THEN 'privacy' ELSE 'hdbscan' END AS method",
             "position",
         )
     elif alias in aliases:
@@ -269,8 +277,12 @@ def load_tree(conn, part: Partition, alias: str | None = None) -> NamedTree:
 
 
 def text_names(conn, tree: NamedTree) -> pl.DataFrame:
-    """Per text (row_idx, text_id, text): its leaf cluster and `node_d`/`name_d` at every depth."""
-    texts = read_partition(conn, "texts", tree.part, "row_idx, text_id, text", "row_idx")
+    """Per text a person may see (row_idx, text_id, text): its leaf cluster and `node_d`/`name_d`
+    at every depth."""
+    texts = conn.execute(
+        f"SELECT row_idx, text_id, text FROM {shown_relation(conn, 'texts', tree.part)} t "
+        "ORDER BY row_idx"
+    ).pl()
     leaves = read_partition(
         conn, "assignments", tree.part, "row_idx, level_name, cluster_id", "row_idx"
     ).filter(pl.col("level_name") == tree.leaf_level)
@@ -281,7 +293,8 @@ def text_names(conn, tree: NamedTree) -> pl.DataFrame:
 
 def tree_centroids(conn, tree: NamedTree) -> dict[str, np.ndarray]:
     """Every node's unit centroid in embedding space: stored for the clustering levels, the
-    size-weighted mean of its leaves' centroids for an LLM-merged parent."""
+    size-weighted mean of its leaves' centroids for an LLM-merged parent. The privacy threshold's
+    folded node has none: no search or neighbour may point at what it holds."""
     stored = conn.execute(
         f"SELECT level_name, cluster_id, size, centroid FROM {SCHEMA}.cluster_centroids "
         "WHERE dataset = ? AND run_config = ?",
@@ -298,6 +311,8 @@ def tree_centroids(conn, tree: NamedTree) -> dict[str, np.ndarray]:
         leaves |= dict(grouped.iter_rows())
     centroids = {}
     for node_id, level, cluster in tree.nodes.select("node_id", "level_name", "cluster_id").rows():
+        if cluster == HIDDEN_ID:
+            continue
         if (level, cluster) in found:
             vector = found[level, cluster][1]
         else:
@@ -307,9 +322,14 @@ def tree_centroids(conn, tree: NamedTree) -> dict[str, np.ndarray]:
     return centroids
 
 
-def node_texts(conn, tree: NamedTree, node_id: str, limit: int | None) -> pl.DataFrame:
-    """The node's texts, the most typical (closest to its centroid) first."""
-    centroid = tree_centroids(conn, tree)[tree.node(node_id)["node_id"]]
+def node_texts(
+    conn, tree: NamedTree, node_id: str, limit: int | None, only: pl.Series | None = None
+) -> pl.DataFrame:
+    """The node's texts, the most typical (closest to its centroid) first; `only`: of these
+    row_idx. The folded node of the privacy threshold has none to show."""
+    centroids = tree_centroids(conn, tree)
+    dim = len(next(iter(centroids.values()))) if centroids else 1
+    centroid = centroids.get(tree.node(node_id)["node_id"], np.zeros(dim, np.float32))
     part = tree.part
     return conn.execute(
         f"""
@@ -322,6 +342,7 @@ def node_texts(conn, tree: NamedTree, node_id: str, limit: int | None) -> pl.Dat
         JOIN {store_table(len(centroid))} s ON s.model = e.model AND s.text_hash = e.text_hash
         WHERE a.dataset = $dataset AND a.run_config = $run_config AND a.level_name = $level
           AND list_contains($ids, a.cluster_id)
+          AND ($only::INTEGER[] IS NULL OR list_contains($only::INTEGER[], t.row_idx))
         ORDER BY similarity DESC, t.row_idx
         LIMIT $limit
         """,
@@ -330,6 +351,7 @@ def node_texts(conn, tree: NamedTree, node_id: str, limit: int | None) -> pl.Dat
             "run_config": part.run_config,
             "level": tree.leaf_level,
             "ids": tree.leaves(node_id),
+            "only": None if only is None else only.to_list(),
             "limit": limit,
         },
     ).pl()

@@ -42,13 +42,22 @@ class QueryEncoder:
 
 
 def search_texts(
-    index: SearchIndex, query: np.ndarray, limit: int, within: str | None = None
+    index: SearchIndex,
+    query: np.ndarray,
+    limit: int,
+    within: str | None = None,
+    only: pl.Series | None = None,
 ) -> pl.DataFrame:
     """The `limit` distinct texts most similar to the unit `query` vector (row_idx, text_id, text,
-    score, then node_d/name_d per depth), optionally only those inside the node `within`."""
+    score, then node_d/name_d per depth), optionally only those inside the node `within` and
+    among the row_idx `only`."""
     scope = ""
-    if within is not None:
-        inside = index.texts.filter(pl.col("cluster_id").is_in(index.tree.leaves(within)))
+    if within is not None or only is not None:
+        inside = index.texts
+        if within is not None:
+            inside = inside.filter(pl.col("cluster_id").is_in(index.tree.leaves(within)))
+        if only is not None:
+            inside = inside.filter(pl.col("row_idx").is_in(only.implode()))
         index.memory.register("_scope", inside.select("text_hash").to_arrow())
         scope = "WHERE text_hash IN (SELECT text_hash FROM _scope)"
     try:
@@ -58,7 +67,7 @@ def search_texts(
             [limit],
         ).pl()
     finally:
-        if within is not None:
+        if scope:
             index.memory.unregister("_scope")
     hits = best.join(index.texts, on="text_hash", maintain_order="left")
     return hits.join(

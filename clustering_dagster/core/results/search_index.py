@@ -96,8 +96,8 @@ def read_index_inputs(conn, part: Partition, alias: str | None) -> IndexInputs:
     vectors = conn.execute(
         f"""
         SELECT s.text_hash, s.embedding FROM {store_table(dim)} s
-        SEMI JOIN (SELECT text_hash FROM {SCHEMA}.embeddings
-                   WHERE dataset = $dataset AND run_config = $run_config) e USING (text_hash)
+        SEMI JOIN (SELECT text_hash FROM {SCHEMA}.texts
+                   WHERE dataset = $dataset AND run_config = $run_config) t USING (text_hash)
         WHERE s.model = $model
         """,
         where | {"model": model},

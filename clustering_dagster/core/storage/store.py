@@ -29,13 +29,32 @@ Connect = Callable[[], AbstractContextManager]
 
 SCHEMA = "clustering"
 STORE = "clustering_store"
-LAYOUT = 3  # 1: result tables in `clustering` without versions; 2: before ADDED_COLUMNS
+# 1: result tables without versions; 2: before ADDED_COLUMNS; 3: before privacy; 4: before
+# cluster_changes
+LAYOUT = 5
+
+# The folded cluster of the privacy threshold (`core.privacy.threshold`): the texts of clusters too
+# small to show sit in it at every level, and no view shows them.
+HIDDEN_ID = -2
 
 VERSIONED = {
     "texts": """
         row_idx INTEGER NOT NULL, text_id VARCHAR, text VARCHAR NOT NULL,
         text_hash VARCHAR NOT NULL, duplicate_of INTEGER, source_file VARCHAR,
         ground_truth VARCHAR, metadata JSON""",
+    # conversation datasets: the facets of each conversation (row_idx as in texts)
+    "facets": """
+        row_idx INTEGER NOT NULL, conversation_id VARCHAR NOT NULL, request VARCHAR,
+        first_user_turn VARCHAR, task VARCHAR, language VARCHAR, concerning TINYINT,
+        user_turns INTEGER NOT NULL, assistant_turns INTEGER NOT NULL, turns INTEGER NOT NULL,
+        chars INTEGER NOT NULL, fallback BOOLEAN NOT NULL""",
+    # the owner's rows as read, before scrubbing, and who wrote them: never in a view
+    "private_rows": """
+        row_idx INTEGER NOT NULL, user_id VARCHAR, original JSON""",
+    # per level, the clusters and texts folded below the privacy threshold
+    "hidden_clusters": """
+        level INTEGER NOT NULL, level_name VARCHAR NOT NULL, clusters BIGINT NOT NULL,
+        texts BIGINT NOT NULL""",
     "embeddings": """
         row_idx INTEGER NOT NULL, text_hash VARCHAR NOT NULL, model VARCHAR NOT NULL,
         dim INTEGER NOT NULL""",
@@ -53,6 +72,14 @@ VERSIONED = {
         level INTEGER NOT NULL, level_name VARCHAR NOT NULL, cluster_id INTEGER,
         previous_cluster_id INTEGER, event VARCHAR NOT NULL, shared_texts BIGINT NOT NULL,
         share_of_new DOUBLE, share_of_previous DOUBLE, dagster_run_id VARCHAR,
+        recorded_at TIMESTAMP NOT NULL""",
+    # per full clustering, its clusters against the previous one (`core/clustering/changes.py`)
+    "cluster_changes": """
+        level INTEGER NOT NULL, level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL,
+        event VARCHAR NOT NULL, previous_cluster_ids INTEGER[], size BIGINT NOT NULL,
+        previous_size BIGINT, new_texts BIGINT NOT NULL, share DOUBLE NOT NULL,
+        previous_share DOUBLE, share_change DOUBLE, growth DOUBLE, emerging BOOLEAN NOT NULL,
+        previous_label VARCHAR, previous_run_id VARCHAR, dagster_run_id VARCHAR,
         recorded_at TIMESTAMP NOT NULL""",
     "cluster_labels": """
         level INTEGER NOT NULL, level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL,
@@ -83,10 +110,17 @@ VERSIONED = {
 
 # Columns added since layout 2, added to every file's tables (an older file's rows take the
 # default).
-ADDED_COLUMNS = {"projections": "fitted BOOLEAN DEFAULT true"}
+ADDED_COLUMNS = {
+    "projections": "fitted BOOLEAN DEFAULT true",
+    # under a privacy threshold: shown only once clustered, and not in a folded cluster
+    "texts": "private BOOLEAN DEFAULT false",
+}
+
+# Versioned tables no view shows: they stay in schema `clustering_store`, for the owner.
+UNSHOWN = {"private_rows"}
 
 # Append-only: every published version's rows stay (the others are cleaned up like any table's).
-HISTORY = {"cluster_lineage"}
+HISTORY = {"cluster_lineage", "cluster_changes"}
 
 SHARED = {
     "materializations": """
@@ -233,6 +267,7 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
                 )
             if _exists(conn, SCHEMA, name) == "BASE TABLE":
                 _migrate_unversioned(conn, name)
+        for name in sorted(set(VERSIONED) - UNSHOWN, key=lambda n: (n in PROTECTED, n != "texts")):
             conn.execute(_view(name))
         conn.execute(RUNS_VIEW)
         conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.layout (version INTEGER NOT NULL)")
@@ -240,15 +275,60 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def _view(table: str) -> str:
+    """A view of the published rows of `table`, without what the privacy threshold hides."""
     if table in HISTORY:
         shown = f"{SCHEMA}.publications p ON"
     else:
         shown = f"{SCHEMA}.published p ON p.table_name = '{table}' AND"
-    return (
-        f"CREATE OR REPLACE VIEW {SCHEMA}.{table} AS SELECT r.* EXCLUDE (version) "
-        f"FROM {STORE}.{table} r SEMI JOIN {shown} p.dataset = r.dataset "
-        "AND p.run_config = r.run_config AND p.version = r.version"
+    rows = (
+        f"(SELECT r.* EXCLUDE (version) FROM {STORE}.{table} r SEMI JOIN {shown} "
+        "p.dataset = r.dataset AND p.run_config = r.run_config AND p.version = r.version)"
     )
+    if table in PROTECTED:
+        rows = f"({PROTECTED[table](rows, f'{SCHEMA}.texts', f'{SCHEMA}.assignments')})"
+    return f"CREATE OR REPLACE VIEW {SCHEMA}.{table} AS SELECT * FROM {rows}"
+
+
+def _shown_texts(texts: str, _, assignments: str) -> str:
+    """Texts a person may see: all, unless under a privacy threshold; then only those clustered
+    outside the folded cluster."""
+    return (
+        f"SELECT r.* FROM {texts} r WHERE NOT r.private UNION ALL "
+        f"SELECT r.* FROM {texts} r SEMI JOIN {assignments} a ON a.dataset = r.dataset "
+        "AND a.run_config = r.run_config AND a.row_idx = r.row_idx AND a.level = 0 "
+        f"AND a.cluster_id <> {HIDDEN_ID} WHERE r.private"
+    )
+
+
+def _of_shown_texts(rows: str, texts: str, _) -> str:
+    """Per-text rows (facets, vectors, map positions) of the texts a person may see."""
+    return (
+        f"SELECT f.* FROM {rows} f SEMI JOIN {texts} t ON t.dataset = f.dataset "
+        "AND t.run_config = f.run_config AND t.row_idx = f.row_idx"
+    )
+
+
+def _not_folded(rows: str, *_) -> str:
+    return f"SELECT * FROM {rows} WHERE cluster_id <> {HIDDEN_ID}"
+
+
+# Tables with texts, per-text rows or the folded cluster's centroid: how people's views filter
+# them.
+PROTECTED = {
+    "texts": _shown_texts,
+    "facets": _of_shown_texts,
+    "embeddings": _of_shown_texts,
+    "projections": _of_shown_texts,
+    "incremental_assignments": _not_folded,
+    "cluster_centroids": _not_folded,
+}
+
+
+def shown_relation(conn, table: str, part: Partition) -> str:
+    """`relation` of a table in PROTECTED with only the rows a person may see."""
+    assignments = relation(conn, "assignments", part, required=False)
+    texts = f"({_shown_texts(relation(conn, 'texts', part), None, assignments)})"
+    return f"({PROTECTED[table](relation(conn, table, part), texts, assignments)})"
 
 
 def _migrate_unversioned(conn, table: str) -> None:
@@ -386,7 +466,9 @@ def record_materialization(conn, part: Partition, record: MaterializationRecord)
 def find_projection(conn, input_hash: str) -> Partition | None:
     """A published projection computed from exactly these inputs, in any partition, if any."""
     row = conn.execute(
-        f"SELECT dataset, run_config FROM {SCHEMA}.projections WHERE input_hash = ? LIMIT 1",
+        f"SELECT r.dataset, r.run_config FROM {STORE}.projections r SEMI JOIN {SCHEMA}.published "
+        "p ON p.table_name = 'projections' AND p.dataset = r.dataset "
+        "AND p.run_config = r.run_config AND p.version = r.version WHERE r.input_hash = ? LIMIT 1",
         [input_hash],
     ).fetchone()
     return Partition(*row) if row else None
@@ -394,11 +476,12 @@ def find_projection(conn, input_hash: str) -> Partition | None:
 
 def previous_clustering(conn, part: Partition) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """The partition's published assignments (level_name, text_hash, cluster_id), centroids
-    (level_name, cluster_id, centroid) and the largest id each level ever used (lineage)."""
+    (level_name, cluster_id, centroid) and the largest id each level ever used (lineage), without
+    the privacy threshold's folded cluster."""
     published = Partition(part.dataset, part.run_config)
     assignments = read_partition(
         conn, "assignments", published, "level_name, text_hash, cluster_id", "level, row_idx", False
-    )
+    ).filter(pl.col("cluster_id") != HIDDEN_ID)
     centroids = read_partition(
         conn,
         "cluster_centroids",
@@ -406,13 +489,33 @@ def previous_clustering(conn, part: Partition) -> tuple[pl.DataFrame, pl.DataFra
         "level_name, cluster_id, centroid",
         "level, cluster_id",
         False,
-    )
+    ).filter(pl.col("cluster_id") != HIDDEN_ID)
     largest = conn.execute(
         f"SELECT level_name, max(greatest(cluster_id, previous_cluster_id)) AS max_id "
         f"FROM {SCHEMA}.cluster_lineage WHERE dataset = ? AND run_config = ? GROUP BY ALL",
         [part.dataset, part.run_config],
     ).pl()
     return assignments, centroids, largest
+
+
+def previous_sizes(conn, part: Partition) -> tuple[str | None, pl.DataFrame]:
+    """The run that published the partition's clusters (None: never clustered) and their sizes
+    (level_name, cluster_id, size, label: the keyword label, if still published), the privacy
+    threshold's folded cluster included."""
+    published = Partition(part.dataset, part.run_config)
+    version = visible_version(conn, "cluster_centroids", published)
+    sizes = read_partition(
+        conn,
+        "cluster_centroids",
+        published,
+        "level_name, cluster_id, size",
+        "level, cluster_id",
+        False,
+    )
+    labels = read_partition(
+        conn, "cluster_labels", published, "level_name, cluster_id, label", "level", False
+    )
+    return version, sizes.join(labels, on=["level_name", "cluster_id"], how="left")
 
 
 def unassigned_texts(conn, part: Partition) -> int:

@@ -1,0 +1,1 @@
+"""Privacy: personal data scrubbed from texts (`scrub`) and small clusters kept out of view."""
