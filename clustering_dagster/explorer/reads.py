@@ -189,10 +189,9 @@ class SearchService:
             index.tree.node(within)
         vector = self.searcher.embed(index, query)
         with self._lock:
-            clusters = search_clusters(index, vector, limit + 1, within)
+            clusters = search_clusters(index, vector, limit, within)
             texts = search_texts(index, vector, limit, within)
-        clusters = clusters.filter(~pl.col("node_id").str.ends_with("/-2")).head(limit)
-        return clusters, texts
+        return clusters, texts  # never the folded node: it has no centroid (tree_centroids)
 
     def typical(
         self, part: Partition, alias: str | None, node_id: str, centroid: np.ndarray, limit: int
