@@ -404,27 +404,6 @@ def interact(page, action: Callable[[], None], what: str, timeout: float = 120) 
     return {**timing, "ms": timing["ms"] - page.evaluate("window.__t0")}
 
 
-def mouse_click(page, x: float, y: float) -> None:
-    page.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
-    for kind in ("mousePressed", "mouseReleased"):
-        page.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
-
-
-def click(page, selector: str) -> None:
-    x, y = page.evaluate(
-        f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
-        " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
-        " return [r.left + r.width / 2, r.top + r.height / 2]; })()"
-    )
-    mouse_click(page, x, y)
-
-
-def texts_of(page, selector: str) -> list[str]:
-    return page.evaluate(
-        f"Array.from(document.querySelectorAll({json.dumps(selector)})).map(e => e.textContent)"
-    )
-
-
 def address(page) -> str:
     return page.evaluate("location.pathname + location.search")
 
@@ -498,7 +477,7 @@ def cold_search(page, database: Path, dataset: str, query: str, log: Path) -> di
         timing = visit(
             page, navigate(page, part_url(server, dataset, "/search", q=query)), "search"
         )
-        assert len(texts_of(page, "#text-hits > li")) == SEARCH_HITS
+        assert len(page.texts("#text-hits > li")) == SEARCH_HITS
     finally:
         server.stop()
     assert not server.tracebacks(), f"a traceback in {server.log}"
@@ -528,25 +507,25 @@ def browse(page, server: Explorer, database: Path, dataset: str, size: Size, che
         tree_opened = time.perf_counter()
         times["tree"] = visit(page, navigate(page, part_url(server, dataset)), "tree")
         settle(page, "document.getElementById('tree').dataset.ready === 'true'")
-        assert texts_of(page, "#tree > li > .row a.name") == [n["name"] for n in tops]
-        assert texts_of(page, "#tree > li > .row .size") == [f"{n['size']:,}" for n in tops]
+        assert page.texts("#tree > li > .row a.name") == [n["name"] for n in tops]
+        assert page.texts("#tree > li > .row .size") == [f"{n['size']:,}" for n in tops]
         first = tops[0]  # the tree lists the largest first
         button = f'#tree > li[data-node="{first["node_id"]}"] > .row > button.toggle'
-        times["expand"] = interact(page, lambda: click(page, button), "expanded")
+        times["expand"] = interact(page, lambda: page.click(button), "expanded")
         below = f'#tree > li[data-node="{first["node_id"]}"] > ul.children > li > .row a.name'
         children = [n["name"] for n in nodes if n["parent_id"] == first["node_id"]]
-        assert texts_of(page, below) == children
+        assert page.texts(below) == children
         assert page.evaluate("location.hash").startswith("#open=")
         shot(page, "tree", size.screenshots)
 
     with checks("cluster", page, server):
         url = node_url(server, dataset, top["node_id"])
         times["cluster_top"] = visit(page, navigate(page, url), "cluster")
-        assert texts_of(page, "#cluster-name") == [top["name"]]
-        assert texts_of(page, "#cluster-size") == [f"{top['size']:,}"]
-        assert len(texts_of(page, "#texts > li")) == min(PER_PAGE, top["size"])
+        assert page.texts("#cluster-name") == [top["name"]]
+        assert page.texts("#cluster-size") == [f"{top['size']:,}"]
+        assert len(page.texts("#texts > li")) == min(PER_PAGE, top["size"])
         times["typical"] = _drawn(page, "typical", time.perf_counter(), 120)
-        assert len(texts_of(page, "#typical > li")) == min(5, top["size"])
+        assert len(page.texts("#typical > li")) == min(5, top["size"])
         shot(page, "cluster", size.screenshots)
 
     if top["size"] > PER_PAGE:
@@ -554,7 +533,7 @@ def browse(page, server: Explorer, database: Path, dataset: str, size: Size, che
             first_rows = page.evaluate(
                 "Array.from(document.querySelectorAll('#texts > li')).map(e => e.dataset.row)"
             )
-            times["cluster_page2"] = visit(page, lambda: click(page, "nav.pager a.next"), "cluster")
+            times["cluster_page2"] = visit(page, lambda: page.click("nav.pager a.next"), "cluster")
             assert address(page).endswith(f"/c/{top['node_id']}?page=2"), address(page)
             assert page.evaluate("document.getElementById('texts').start") == PER_PAGE + 1
             rows = page.evaluate(
@@ -566,9 +545,9 @@ def browse(page, server: Explorer, database: Path, dataset: str, size: Size, che
     with checks("cluster", page, server):  # the largest fine cluster: counted with the above
         url = node_url(server, dataset, fine["node_id"])
         times["cluster_fine"] = visit(page, navigate(page, url), "cluster")
-        assert texts_of(page, "#cluster-name") == [fine["name"]]
-        assert texts_of(page, "#cluster-size") == [f"{fine['size']:,}"]
-        assert len(texts_of(page, "#texts > li")) == min(PER_PAGE, fine["size"])
+        assert page.texts("#cluster-name") == [fine["name"]]
+        assert page.texts("#cluster-size") == [f"{fine['size']:,}"]
+        assert len(page.texts("#texts > li")) == min(PER_PAGE, fine["size"])
 
     searches = []
     gap = round(time.perf_counter() - tree_opened, 1)
@@ -577,9 +556,9 @@ def browse(page, server: Explorer, database: Path, dataset: str, size: Size, che
             url = part_url(server, dataset, "/search", q=query)
             searches.append(visit(page, navigate(page, url), "search"))
             if i == 0:
-                shown_hits = texts_of(page, "#text-hits > li .text")
+                shown_hits = page.texts("#text-hits > li .text")
                 assert len(shown_hits) == SEARCH_HITS
-                assert texts_of(page, "#cluster-hits a.name")
+                assert page.texts("#cluster-hits a.name")
             if i == 1:  # the model loaded: the page says how long a search takes
                 shot(page, "search", size.screenshots)
         cli = cli_json(database, "search", QUERIES[0], "-d", dataset, "-r", RUN_CONFIG, "-n", "20")
@@ -593,7 +572,7 @@ def browse(page, server: Explorer, database: Path, dataset: str, size: Size, che
     with checks("cluster", page, server):  # again, the index and the model in memory
         url = node_url(server, dataset, top["node_id"])
         times["cluster_top_again"] = visit(page, navigate(page, url), "cluster")
-        assert texts_of(page, "#cluster-size") == [f"{top['size']:,}"]
+        assert page.texts("#cluster-size") == [f"{top['size']:,}"]
 
     with checks("map", page, server):
         times["map"] = visit(page, navigate(page, part_url(server, dataset, "/map")), "map")
@@ -604,7 +583,7 @@ def browse(page, server: Explorer, database: Path, dataset: str, size: Size, che
         page.call("Input.dispatchMouseEvent", type="mouseMoved", x=target["x"], y=target["y"])
         time.sleep(0.5)  # plotly picks the point under the pointer on hover
         times["map_click"] = visit(
-            page, lambda: mouse_click(page, target["x"], target["y"]), "cluster_name"
+            page, lambda: page.mouse_click(target["x"], target["y"]), "cluster_name"
         )
         landed = address(page).split("/c/", 1)[1]
         assert landed in target["near"], (landed, target["near"])
@@ -630,9 +609,9 @@ def changes_seen(page, server: Explorer, database: Path, dataset: str, size: Siz
         emerging = [r for r in report if r["emerging"]]
         assert emerging, "no emerging cluster on the page"
         link = f'#changes tbody tr.emerging a.change-link[href$="/c/{emerging[0]["node_id"]}"]'
-        times["emerging_cluster"] = visit(page, lambda: click(page, link), "cluster_name")
+        times["emerging_cluster"] = visit(page, lambda: page.click(link), "cluster_name")
         assert address(page).endswith("/c/" + emerging[0]["node_id"])
-        assert texts_of(page, "#lineage .tag.emerging") == ["emerging"]
+        assert page.texts("#lineage .tag.emerging") == ["emerging"]
     return report, times
 
 

@@ -210,33 +210,11 @@ def settle(page, expression: str = "true", timeout: float = 90) -> None:
         time.sleep(0.2)
 
 
-def mouse_click(page, x: float, y: float) -> None:
-    """A real click of the left button at (x, y) in the viewport."""
-    page.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
-    for kind in ("mousePressed", "mouseReleased"):
-        page.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
-
-
-def click(page, selector: str) -> None:
-    x, y = page.evaluate(
-        f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
-        " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
-        " return [r.left + r.width / 2, r.top + r.height / 2]; })()"
-    )
-    mouse_click(page, x, y)
-
-
 def follow(page, selector: str, expression: str = "true") -> None:
     """Click `selector` and wait for the next page (where `expression` holds)."""
     page.evaluate("window.beforeClick = true")
-    click(page, selector)
+    page.click(selector)
     settle(page, f"!window.beforeClick && ({expression})")
-
-
-def texts_of(page, selector: str) -> list[str]:
-    return page.evaluate(
-        f"Array.from(document.querySelectorAll({json.dumps(selector)})).map(e => e.textContent)"
-    )
 
 
 def address(page) -> str:
@@ -291,25 +269,25 @@ def test_the_tree_expands_and_collapses_and_keeps_what_is_open_in_its_address(
     tops = [n for n in nodes if n["level"] == 0]
     page.open(server.url + node_url(DATASET, "default"))
     settle(page, "document.getElementById('tree').dataset.ready === 'true'")
-    assert texts_of(page, "#tree > li > .row a.name") == [n["name"] for n in tops]
-    assert texts_of(page, "#tree > li > .row .size") == [f"{n['size']:,}" for n in tops]
+    assert page.texts("#tree > li > .row a.name") == [n["name"] for n in tops]
+    assert page.texts("#tree > li > .row .size") == [f"{n['size']:,}" for n in tops]
 
     top = next(n for n in tops if n["n_children"] > 1)["node_id"]
     children = [n for n in nodes if n["parent_id"] == top]
     below = f'#tree li[data-node="{top}"] > ul.children > li'
-    click(page, f'#tree li[data-node="{top}"] > .row > button.toggle')
+    page.click(f'#tree li[data-node="{top}"] > .row > button.toggle')
     settle(page, f"document.querySelectorAll('{below}').length > 0")
-    assert texts_of(page, f"{below} > .row a.name") == [n["name"] for n in children]
-    assert texts_of(page, f"{below} > .row .id") == [n["node_id"] for n in children]
+    assert page.texts(f"{below} > .row a.name") == [n["name"] for n in children]
+    assert page.texts(f"{below} > .row .id") == [n["node_id"] for n in children]
     opened = f"/p/{DATASET}/default#open={urllib.parse.quote(top, safe='')}"
     assert address(page) == opened
 
     page.open("about:blank")
     page.open(server.url + opened)  # a shared address opens the tree as it was
     settle(page, "document.getElementById('tree').dataset.ready === 'true'")
-    assert texts_of(page, f"{below} > .row a.name") == [n["name"] for n in children]
+    assert page.texts(f"{below} > .row a.name") == [n["name"] for n in children]
     assert page.evaluate(f"document.querySelector('{below}').parentElement.hidden") is False
-    click(page, f'#tree li[data-node="{top}"] > .row > button.toggle')
+    page.click(f'#tree li[data-node="{top}"] > .row > button.toggle')
     settle(page, f"document.querySelector('{below}').parentElement.hidden")
     assert address(page) == f"/p/{DATASET}/default"
 
@@ -327,19 +305,17 @@ def test_the_tree_switches_between_keyword_names_and_an_llm_alias(server, result
     keywords = cli_json(results.database, "tree", DATASET, "-r", LLM_CONFIG, "--alias", "keywords")
     page.open(server.url + node_url(DATASET, LLM_CONFIG))
     settle(page, "document.getElementById('tree').dataset.ready === 'true'")
-    assert texts_of(page, "#tree > li > .row a.name") == [
-        n["name"] for n in by_llm if n["level"] == 0
-    ]
-    assert texts_of(page, ".names .choice") == ["keywords", ALIAS]
-    assert texts_of(page, ".names .current") == [ALIAS]
-    summaries = texts_of(page, "#tree > li > .summary")
+    assert page.texts("#tree > li > .row a.name") == [n["name"] for n in by_llm if n["level"] == 0]
+    assert page.texts(".names .choice") == ["keywords", ALIAS]
+    assert page.texts(".names .current") == [ALIAS]
+    summaries = page.texts("#tree > li > .summary")
     assert summaries == [n["summary"] for n in by_llm if n["level"] == 0]  # the LLM's summaries
     follow(page, ".names a.choice", "document.getElementById('tree').dataset.ready === 'true'")
     assert address(page) == node_url(DATASET, LLM_CONFIG, names="keywords")
-    assert texts_of(page, "#tree > li > .row a.name") == [
+    assert page.texts("#tree > li > .row a.name") == [
         n["name"] for n in keywords if n["level"] == 0
     ]
-    assert texts_of(page, ".names .current") == ["keywords"]
+    assert page.texts(".names .current") == ["keywords"]
     local_only(page, server)
 
 
@@ -353,21 +329,19 @@ def test_a_cluster_shows_its_path_children_texts_page_by_page_and_neighbours(ser
 
     page.open(server.url + node_url(DATASET, "default", top["node_id"]))
     settle(page, "document.getElementById('typical').dataset.ready === 'true'")
-    assert texts_of(page, "#cluster-name") == [top["name"]]
-    assert texts_of(page, "#cluster-size") == [f"{top['size']:,}"]
-    assert texts_of(page, "#children a.name") == [c["name"] for c in shown["children"]]
-    assert texts_of(page, "#typical .text") == [
-        shown_text(t["text"]) for t in shown["typical_texts"]
-    ]
-    assert texts_of(page, "#keywords") == ["Keywords: " + ", ".join(top["keywords"])]
-    first = texts_of(page, "#texts .text")
+    assert page.texts("#cluster-name") == [top["name"]]
+    assert page.texts("#cluster-size") == [f"{top['size']:,}"]
+    assert page.texts("#children a.name") == [c["name"] for c in shown["children"]]
+    assert page.texts("#typical .text") == [shown_text(t["text"]) for t in shown["typical_texts"]]
+    assert page.texts("#keywords") == ["Keywords: " + ", ".join(top["keywords"])]
+    first = page.texts("#texts .text")
     assert len(first) == 50
-    neighbours = texts_of(page, "#neighbours .id")
+    neighbours = page.texts("#neighbours .id")
     assert neighbours and set(neighbours) < {n["node_id"] for n in nodes if n["level"] == 0}
 
     follow(page, "nav.pager a.next", "document.getElementById('texts')")
     assert address(page) == node_url(DATASET, "default", top["node_id"], page=2) + "#all-texts"
-    second = texts_of(page, "#texts .text")
+    second = page.texts("#texts .text")
     assert len(second) == min(50, top["size"] - 50)
     if top["size"] <= 100:  # every text, each once, on the two pages
         assert sorted(first + second) == sorted(shown_text(t["text"]) for t in every)
@@ -375,7 +349,7 @@ def test_a_cluster_shows_its_path_children_texts_page_by_page_and_neighbours(ser
     child = shown["children"][0]
     follow(page, "#children a.name", "document.getElementById('cluster-name')")
     assert address(page) == node_url(DATASET, "default", child["node_id"])
-    assert texts_of(page, "nav.path a") == ["top", top["name"]]
+    assert page.texts("nav.path a") == ["top", top["name"]]
     follow(page, "nav.path a[data-node]", "document.getElementById('cluster-name')")
     assert address(page) == node_url(DATASET, "default", top["node_id"])
     local_only(page, server)
@@ -408,10 +382,10 @@ def test_hostile_texts_are_shown_as_text_never_as_markup(server, results, page):
         assert text not in raw  # escaped in the HTML itself
         page.open(server.url + url)
         settle(page, "document.getElementById('texts')")
-        pages = [texts_of(page, "#texts .text")]
+        pages = [page.texts("#texts .text")]
         while page.evaluate("!!document.querySelector('nav.pager a.next')"):
             follow(page, "nav.pager a.next", "document.getElementById('texts')")
-            pages.append(texts_of(page, "#texts .text"))
+            pages.append(page.texts("#texts .text"))
         shown = [t for texts in pages for t in texts]
         assert shown_text(text) in shown, text
         # no element or script came from the data: only the explorer's own files run
@@ -433,7 +407,7 @@ def test_hostile_texts_are_shown_as_text_never_as_markup(server, results, page):
         + urllib.parse.quote("script alert how do I top up my account")
     )
     settle(page, "document.getElementById('text-hits')")
-    assert shown_text(html_texts[0]) in texts_of(page, "#text-hits .text")
+    assert shown_text(html_texts[0]) in page.texts("#text-hits .text")
     assert page.evaluate("document.querySelectorAll('img, script:not([src])').length") == 0
     found = server.json(
         node_url(DATASET, "default") + "/api/search?q=" + urllib.parse.quote("script alert top up")
@@ -458,9 +432,9 @@ def test_search_ranks_texts_and_clusters_as_the_cli_does_and_within_a_cluster(
     assert address(page) == node_url(DATASET, "default") + "/search?q=" + urllib.parse.quote_plus(
         query
     )
-    shown = texts_of(page, "#text-hits .text")
+    shown = page.texts("#text-hits .text")
     assert shown[:5] == [shown_text(hit["text"]) for hit in cli_hits["texts"][:5]]
-    assert texts_of(page, "#cluster-hits .id")[:5] == [
+    assert page.texts("#cluster-hits .id")[:5] == [
         hit["node_id"] for hit in cli_hits["clusters"][:5]
     ]
     # inside one cluster
@@ -484,14 +458,14 @@ def test_search_ranks_texts_and_clusters_as_the_cli_does_and_within_a_cluster(
         + urllib.parse.urlencode({"q": query, "within": node})
     )
     settle(page, "document.getElementById('text-hits')")
-    assert texts_of(page, "#within .id") == [node]
-    assert texts_of(page, "#text-hits .text")[:5] == [
+    assert page.texts("#within .id") == [node]
+    assert page.texts("#text-hits .text")[:5] == [
         shown_text(hit["text"]) for hit in within["texts"][:5]
     ]
     name = next(
         n["name"] for n in cli_json(results.database, "tree", DATASET) if n["node_id"] == node
     )
-    assert all(name in path.split(" › ") for path in texts_of(page, "#text-hits .hit-path"))
+    assert all(name in path.split(" › ") for path in page.texts("#text-hits .hit-path"))
     follow(page, "#cluster-hits a.name", "document.getElementById('cluster-name')")
     assert "/c/" in address(page)
     local_only(page, server)
@@ -540,7 +514,7 @@ def test_the_map_places_names_without_overlap_and_a_click_opens_a_cluster(server
     page.evaluate("window.beforeClick = true")
     page.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
     time.sleep(0.5)  # plotly picks the point under the pointer on hover
-    mouse_click(page, x, y)
+    page.mouse_click(x, y)
     settle(page, "!window.beforeClick && document.getElementById('cluster-name')")
     landed = address(page).split("/c/", 1)[1]
     assert landed in near
@@ -563,19 +537,19 @@ def test_the_changes_page_lists_what_changed_and_leads_to_each_cluster(server, r
     follow(page, f'#changes a.change-link[href$="/c/{linked["node_id"]}"]',
            "document.getElementById('cluster-name')")  # fmt: skip
     assert address(page) == node_url(DATASET, "default", linked["node_id"])
-    assert texts_of(page, "#lineage .event") == [linked["event"]]
+    assert page.texts("#lineage .event") == [linked["event"]]
     history = results.sql(
         "SELECT size FROM clustering.cluster_changes WHERE dataset = ? AND run_config = 'default' "
         "AND level_name = ? AND cluster_id = ? ORDER BY recorded_at",
         [DATASET, linked["level_name"], linked["cluster_id"]],
     )["size"].to_list()
     assert page.evaluate("document.querySelectorAll('#size-chart circle').length") == len(history)
-    assert texts_of(page, "#history td.num:nth-child(4)") == [f"{n:,}" for n in history]
+    assert page.texts("#history td.num:nth-child(4)") == [f"{n:,}" for n in history]
     # the counts table filters the rows
     page.open(server.url + node_url(DATASET, "default") + "/changes?level=fine&event=kept")
     settle(page, "document.getElementById('counts')")
     kept = [r["node_id"] for r in report if r["level_name"] == "fine" and r["event"] == "kept"]
-    assert texts_of(page, "#changes tbody tr td:first-child") == kept
+    assert page.texts("#changes tbody tr td:first-child") == kept
     local_only(page, server)
 
 
@@ -585,12 +559,12 @@ def test_the_folded_node_shows_its_count_only_and_conversations_their_facets(ser
     page.open(server.url + node_url(CHATS, "private"))
     settle(page, "document.getElementById('tree').dataset.ready === 'true'")
     row = f'#tree > li[data-node="{folded["node_id"]}"]'
-    assert texts_of(page, f"{row} .size") == [f"{folded['size']:,}"]
-    assert texts_of(page, f"{row} > .summary") == [
+    assert page.texts(f"{row} .size") == [f"{folded['size']:,}"]
+    assert page.texts(f"{row} > .summary") == [
         f"{folded['size']:,} texts below the privacy threshold: only their count is shown."
     ]
     follow(page, f"{row} a.name", "document.getElementById('cluster-name')")
-    assert texts_of(page, "#folded") == [
+    assert page.texts("#folded") == [
         f"{folded['size']:,} texts below the privacy threshold: only their count is shown."
     ]
     for section in ("texts", "typical", "neighbours", "facets", "size-chart"):
@@ -612,8 +586,8 @@ def test_the_folded_node_shows_its_count_only_and_conversations_their_facets(ser
     facets = cli_json(results.database, "show", CHATS, other["node_id"], "-r", "private")["facets"]
     page.open(server.url + node_url(CHATS, "private", other["node_id"]))
     settle(page, "document.getElementById('facets')")
-    assert texts_of(page, "#facets tr:first-child td") == [f"{facets['conversations']:,}"]
-    languages = texts_of(page, "#facets .facet")
+    assert page.texts("#facets tr:first-child td") == [f"{facets['conversations']:,}"]
+    languages = page.texts("#facets .facet")
     assert languages == [
         f"{lang} {100 * share:.1f}%" for lang, share in facets["languages"].items()
     ]

@@ -102,6 +102,27 @@ class Page:
                 raise TimeoutError(f"still false after {timeout} s: {expression}")
             time.sleep(0.2)
 
+    def mouse_click(self, x: float, y: float) -> None:
+        """A real click of the left button at (x, y) in the viewport."""
+        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+
+    def click(self, selector: str) -> None:
+        """A real click in the middle of the element `selector` finds, scrolled into view."""
+        x, y = self.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+            " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
+            " return [r.left + r.width / 2, r.top + r.height / 2]; })()"
+        )
+        self.mouse_click(x, y)
+
+    def texts(self, selector: str) -> list[str]:
+        """The text of every element `selector` finds, in document order."""
+        return self.evaluate(
+            f"Array.from(document.querySelectorAll({json.dumps(selector)})).map(e => e.textContent)"
+        )
+
     def screenshot(self, path: Path) -> None:
         data = self.call("Page.captureScreenshot", format="png")["data"]
         Path(path).write_bytes(base64.b64decode(data))
