@@ -19,10 +19,11 @@ DevTools navigate-and-wait is printed beside it. The elements: the tree's first 
 (`tree_ms`), a cluster page's first text row, for the largest top cluster, its page 2 of texts
 and the largest fine cluster (`cluster_ms`: the worst of the three), the first text hit of a
 search (`search_ms`: the median of the searches, run after the tree page was opened, which reads
-the search index and loads the query model in the background, and after the cluster pages, with
+the search index in the background (the server loaded the query model before it answered), and
+after the cluster pages, with
 no pause; the first of them is `first_search_ms`), the map drawn (`map_ms`) and the changes
 table's first row (`changes_ms`). `cold_search_ms` is a search opened first thing in a fresh
-server process: it reads the index and loads the model itself.
+server process: it reads the index itself.
 
 Pages driven and checked (`pages_checked`, each against the CLI's `--json`, with no console
 error and nothing requested from elsewhere): the partitions page, the tree with its largest node

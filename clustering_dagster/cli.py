@@ -1,5 +1,6 @@
 """`clustering-dagster`: register datasets as Dagster partitions, cluster one (`run`), and read the
-results (datasets, runs, tree, show, texts, search, export, map, changes). `clustering-dagster
+results (datasets, runs, tree, show, texts, search, export, map, changes), correct them
+(curate) and browse them (explore). `clustering-dagster
 COMMAND --help` for each."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import click
 import duckdb
 
 from .commands.changes import changes_command
+from .commands.curate import curate
 from .commands.explore import COMMANDS
 from .commands.explorer import explore
 from .commands.output import visible
@@ -118,7 +120,7 @@ def list_command() -> None:
         click.echo(f"run_config  {name}")
 
 
-for command in [*COMMANDS, changes_command, explore]:
+for command in [*COMMANDS, changes_command, curate, explore]:
     cli.add_command(command)
 
 

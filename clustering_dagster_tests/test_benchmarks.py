@@ -32,6 +32,13 @@ SMOKES: dict[str, tuple[set[str], Callable[[dict], bool]]] = {
         and f["pii_control_found"] > 0 and 0 < f["fine_nmi"] <= 1
         and f["llm_server_errors"] in (0, None),
     ),
+    "curation": (
+        {"edits", "carried", "needs_attention", "lost", "edit_ms", "tree_ms", "kinds",
+         "failures", "seconds"},
+        lambda f: f["edits"] >= 16 and f["lost"] == 0 and f["failures"] == 0
+        and f["carried"] + f["needs_attention"] == f["edits"]
+        and all(k["made"] > 0 for k in f["kinds"].values()) and f["tree_ms"] > 0,
+    ),
     "explorer": (
         {"tree_ms", "cluster_ms", "search_ms", "cold_search_ms", "emerging_found",
          "pages_checked", "texts", "seconds", "checks_failed"},

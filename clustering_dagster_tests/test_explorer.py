@@ -24,7 +24,10 @@ import pytest
 import yaml
 from markupsafe import escape
 
-from .support.chromium import Browser, chromium
+from clustering_dagster.core.results.reading import read_only
+from clustering_dagster.core.storage.store import Partition
+from clustering_dagster.explorer.reads import SearchService
+
 from .support.conversations import build_conversations, write_messages_jsonl
 from .support.explored import ALIAS, CLI, LLM_CONFIG, _configs
 from .support.hostile import HOSTILE, write_dataset
@@ -177,20 +180,6 @@ def server(results, tmp_path_factory):
     yield running
     stop(running)
     assert "Traceback" not in running.log.read_text()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert chromium(), "the explorer tests need headless Chromium: apt-get install chromium"
-    with Browser() as page:
-        yield page
-
-
-@pytest.fixture
-def page(browser):
-    browser.errors.clear()
-    browser.requests.clear()
-    return browser
 
 
 # --- driving the browser -------------------------------------------------------------------------
@@ -745,3 +734,24 @@ def test_pages_are_drawn_quickly(server, results):
         seconds[name] = round(time.perf_counter() - started, 3)
     print("explorer page seconds:", seconds)
     assert max(seconds.values()) < 5  # generous: the machine is shared
+
+
+def test_the_query_model_is_loaded_before_the_first_page_and_an_index_used_only_when_scanned(
+    results,
+):
+    """Start-up loads the file's one query model (so no page waits for torch); a page uses the
+    search index only once it was read and scanned, and while it is current."""
+    service = SearchService(results.database)
+    assert service.load_models() == ["sentence-transformers:sentence-transformers/all-MiniLM-L6-v2"]
+    part = Partition(DATASET, "default")
+    with read_only(results.database) as conn:
+        assert not service.ready(conn, part, "keywords")
+    service.warm(part, "keywords")
+    deadline = time.monotonic() + 60
+    while True:
+        with read_only(results.database) as conn:
+            if service.ready(conn, part, "keywords"):
+                break
+        assert time.monotonic() < deadline, "the index was not read in the background"
+        time.sleep(0.1)
+    assert SearchService(results.database.parent / "missing.duckdb").load_models() == []

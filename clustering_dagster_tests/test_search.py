@@ -6,6 +6,7 @@ import json
 import polars as pl
 import pytest
 
+from clustering_dagster.core.results.reading import read_only
 from clustering_dagster.core.results.search import QueryEncoder, Searcher, search_clusters
 from clustering_dagster.core.storage.store import Partition
 
@@ -119,3 +120,6 @@ def test_an_index_is_read_once_and_embeds_only_descriptions_nobody_stored(explor
     by_description = hits.filter(pl.col("matched_by") == "title and summary")["node_id"]
     assert set(by_description) <= set(described["node_id"])
     assert searcher.index(part) is index
+    with read_only(explored.database) as conn:  # what the explorer asks before using it
+        assert searcher.current(conn, part) is index
+        assert searcher.current(conn, Partition(DATASET, "default")) is None  # never read

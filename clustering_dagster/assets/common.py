@@ -9,6 +9,7 @@ from dagster import AssetExecutionContext, Failure, MetadataValue, asset
 
 from ..core.config.provenance import code_version
 from ..core.config.run_config import RunConfig
+from ..core.curation.refresh import refresh as refresh_curation
 from ..core.errors import InputError
 from ..core.pipeline import reads
 from ..core.storage.snapshots import mark_written, publish_if_complete
@@ -107,8 +108,15 @@ def write_result(
         record_materialization(conn, part, record)
         mark_written(conn, part, asset, [*tables, *history, *aliased])
         published = publish_if_complete(conn, part, run_assets, live)
+        edits = None if published is None else refresh_curation(conn, part)
     if published is not None:
         context.log.info(f"published {part}: {', '.join(published.tables)}")
+        if edits is not None:
+            attention = edits.filter(edits["status"] == "needs_attention").height
+            context.log.info(
+                f"people's edits of {part}: {edits.height - attention} apply to the new result"
+                + (f", {attention} need attention (`curate attention`)" if attention else "")
+            )
         if published.withdrawn:
             context.log.warning(
                 f"withdrew {', '.join(published.withdrawn)} of {part}: they were computed from "

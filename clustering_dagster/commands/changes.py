@@ -11,6 +11,7 @@ from ..core.errors import InputError
 from ..core.results.changes import changes
 from ..core.results.reading import load_tree, read_only, resolve
 from ..core.storage.store import MissingResult, Partition
+from .curate import print_attention
 from .output import alias_option, emit_json, json_option, note, run_config_option, say, show_table
 
 
@@ -51,7 +52,8 @@ def _counts_line(counts: dict) -> str:
 @click.pass_obj
 def changes_command(db: Path, dataset, run_config, since_run, level, alias, as_json) -> None:
     """What changed at the last full clustering: per level the clusters new, split, merged and
-    vanished, and the size and share of those kept, emerging clusters first."""
+    vanished, and the size and share of those kept, emerging clusters first; then people's edits
+    that no longer apply (`curate attention`)."""
     with read_only(db) as conn:
         part = resolve(conn, dataset, run_config)
         report = _one_level(changes(conn, part, since_run), level, part)
@@ -63,9 +65,11 @@ def changes_command(db: Path, dataset, run_config, since_run, level, alias, as_j
             rows.append(row | {"node_id": node, "name": names.get(node) or row["previous_label"]})
         return emit_json(rows)
     if report.height == 0 and since_run:
-        return note(f"{part}: nothing changed since run {since_run}, its latest clustering")
+        note(f"{part}: nothing changed since run {since_run}, its latest clustering")
+        return print_attention(db, dataset, run_config)
     if report.height == 0:
-        return note(f"{part}: no change report yet (each full clustering writes one)")
+        note(f"{part}: no change report yet (each full clustering writes one)")
+        return print_attention(db, dataset, run_config)
     run, previous = report["dagster_run_id"][0], report["previous_run_id"][0]
     show_table(
         readable(report, names).to_dicts(),
@@ -85,3 +89,4 @@ def changes_command(db: Path, dataset, run_config, since_run, level, alias, as_j
     )
     for counts in event_counts(report).iter_rows(named=True):
         say(_counts_line(counts))
+    print_attention(db, dataset, run_config)

@@ -29,6 +29,7 @@ from ..core.results.reading import (
 from .output import (
     alias_option,
     count,
+    curation_marks,
     emit_json,
     facet_line,
     facet_option,
@@ -118,7 +119,7 @@ def tree(db: Path, dataset, run_config, depth, alias, as_json: bool) -> None:
     rows = [
         row
         | {
-            "indented": "  " * row["level"] + (row["name"] or ""),
+            "indented": "  " * row["level"] + (row["name"] or "") + curation_marks(row),
             "pct": f"{100 * row['share']:.1f}",
         }
         for row in nodes.iter_rows(named=True)
@@ -144,7 +145,7 @@ def show(db: Path, dataset, cluster, run_config, alias, examples: int, as_json: 
     with _named_tree(db, dataset, run_config, alias) as (conn, named):
         node = named.node(cluster)
         typical = node_texts(conn, named, cluster, examples).to_dicts() if examples else []
-        facets = breakdown(conn, named.part, named.leaf_level, named.leaves(cluster))
+        facets = breakdown(conn, named, cluster)
     parents = named.ancestors(cluster)
     children = named.children(cluster).select("node_id", "name", "size", "share").to_dicts()
     brief = {k: node[k] for k in ("node_id", "level_name", "name", "size")}
@@ -168,6 +169,10 @@ def show(db: Path, dataset, cluster, run_config, alias, examples: int, as_json: 
         f"({100 * node['share']:.1f}%), names: {named.names}"
     )
     say("path: " + " > ".join(f"{p['node_id']} {p['name']}" for p in [*parents[::-1], brief]))
+    if curation_marks(node):
+        say("set by people:" + curation_marks(node).strip()[1:-1].join(["  ", ""]))
+    if node["flag"]:
+        say("flagged for review: " + node["flag"])
     if node["keywords"]:
         say("keywords: " + ", ".join(node["keywords"]))
     if node["summary"]:

@@ -150,6 +150,18 @@ def _cell(value) -> str:
     return str(value)
 
 
+def curation_marks(node: dict) -> str:
+    """What people set on a node, for a table: '  [person: name, place; tags: a, b; flagged]'."""
+    person = [what for what, key in (("name", "named_by"), ("place", "placed_by"))
+              if node.get(key) == "person"]  # fmt: skip
+    parts = ["person: " + ", ".join(person)] if person else []
+    if node.get("tags"):
+        parts.append("tags: " + ", ".join(node["tags"]))
+    if node.get("flag"):
+        parts.append("flagged")
+    return f"  [{'; '.join(parts)}]" if parts else ""
+
+
 def say(text: str) -> None:
     console.print(escape(visible(text)))
 

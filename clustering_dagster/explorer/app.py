@@ -1,8 +1,8 @@
 """The explorer's Starlette app: its routes, its static files (and plotly.js from the installed
 `plotly` wheel, served from /vendor, never a CDN), and what keeps it safe on 127.0.0.1: only the
 hosts 127.0.0.1 and localhost are answered (no DNS rebinding), every answer carries a content
-security policy that runs no script but its own files, and a failure is a page or JSON with one
-line, never a traceback."""
+security policy that runs no script but its own files, an edit is taken only from its own pages
+(`curation.same_site`), and a failure is a page or JSON with one line, never a traceback."""
 
 import functools
 import gzip
@@ -19,12 +19,12 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..commands.curate import default_author
 from ..core.results.search import Searcher
 from . import pages
-from .reads import Failure, MapCache, SearchService
+from .reads import HOSTS, Failure, MapCache, SearchService
 from .render import HERE, error_answer
 
-HOSTS = ["127.0.0.1", "localhost"]
 POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
@@ -33,7 +33,7 @@ POLICY = (
 HEADERS = {
     "Content-Security-Policy": POLICY,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make a form's Origin "null"
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
@@ -94,7 +94,9 @@ def _routes() -> list:
         Route("/api/partitions", pages.home_json),
         Route(part, pages.tree_page),
         Route(part + "/", pages.tree_page),
+        Route(part + "/c/{node_id:path}/edit", pages.edit_page, methods=["POST"]),
         Route(part + "/c/{node_id:path}", pages.cluster_page),
+        Route(part + "/edit", pages.edit_page, methods=["POST"]),
         Route(part + "/search", pages.search_page),
         Route(part + "/map", pages.map_page),
         Route(part + "/changes", pages.changes_page),
@@ -104,15 +106,19 @@ def _routes() -> list:
         Route(part + "/api/search", pages.search_json),
         Route(part + "/api/map", pages.map_json),
         Route(part + "/api/changes", pages.changes_json),
+        Route(part + "/api/edit", pages.edit_json, methods=["POST"]),
         Route("/vendor/plotly.min.js", plotly_js),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
 
 
-def create_app(database: Path, searcher: Searcher | None = None) -> Starlette:
+def create_app(
+    database: Path, searcher: Searcher | None = None, author: str | None = None
+) -> Starlette:
     """The explorer over the results file `database` (read on every request, so it may be
     written meanwhile, or be missing: then pages answer 503). `searcher`: the process's one
-    search engine (default: a new one over `database`)."""
+    search engine (default: a new one over `database`); `author`: who makes the edits made here
+    (default: CLUSTERING_AUTHOR or the login name)."""
     app = Starlette(
         routes=_routes(),
         middleware=[
@@ -125,4 +131,5 @@ def create_app(database: Path, searcher: Searcher | None = None) -> Starlette:
     app.state.database = Path(database)
     app.state.search = SearchService(Path(database), searcher)
     app.state.maps = MapCache()
+    app.state.author = author or default_author()
     return app

@@ -1,13 +1,15 @@
 """The explorer's pages and their JSON twins. Each handler reads on one short read-only
-connection through `core.results` and renders; it runs in Starlette's thread pool."""
+connection through `core.results` and renders; it runs in Starlette's thread pool. An edit
+(POST, `curation`) is saved on a short read-write connection, then the page is shown again."""
 
 import re
 import time
 
 import polars as pl
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
+from ..core.curation.records import edit_history
 from ..core.results.browse import PER_PAGE, is_folded, nearest_nodes, node_text_page
 from ..core.results.facets import breakdown
 from ..core.results.reading import (
@@ -20,7 +22,7 @@ from ..core.results.reading import (
     tree_centroids,
 )
 from ..core.storage.store import Partition
-from . import history
+from . import curation, history
 from .reads import (
     Failure,
     children_views,
@@ -165,9 +167,11 @@ def _cluster(conn, tree: NamedTree, node_id: str, names: str | None, page_no: in
         "sizes": [],
         "change": None,
         "centroid": None,
+        "edits": [],
     }
     if is_folded(node):
         return found
+    found["edits"] = curation.node_edits(edit_history(conn, part), node_id)
     texts = node_text_page(conn, tree, node_id, page_no)
     found["texts"] = {
         "rows": texts.rows.to_dicts(),
@@ -184,7 +188,7 @@ def _cluster(conn, tree: NamedTree, node_id: str, names: str | None, page_no: in
         node_view(part, tree.node(other), names) | {"similarity": similarity}
         for other, similarity in nearest.select("node_id", "similarity").iter_rows()
     ]
-    found["facets"] = breakdown(conn, part, tree.leaf_level, tree.leaves(node_id))
+    found["facets"] = breakdown(conn, tree, node_id)
     found["sizes"] = history.node_sizes(conn, part, node)
     found["change"] = history.node_change(conn, part, node, names)
     return found
@@ -197,7 +201,7 @@ def _typical(request: Request, conn, tree: NamedTree, node_id: str, centroid, la
     service = request.app.state.search
     if centroid is None:
         return []
-    if service.ready(tree.part, tree.names):
+    if service.ready(conn, tree.part, tree.names):
         return service.typical(tree.part, tree.names, node_id, centroid, TYPICAL)
     service.warm(tree.part, tree.names)
     if lazy:
@@ -208,6 +212,11 @@ def _typical(request: Request, conn, tree: NamedTree, node_id: str, centroid, la
 
 @endpoint()
 def cluster_page(request: Request) -> Response:
+    return _cluster_answer(request)
+
+
+def _cluster_answer(request: Request, status: int = 200, error: str | None = None) -> Response:
+    """The cluster page (`error`: the line of an edit refused, shown above its forms)."""
     names, node_id = _names(request), request.path_params["node_id"]
     page_no = _number(request, "page", 1)
     with partition(request.app.state.database, *_where(request), names) as (conn, tree):
@@ -215,9 +224,18 @@ def cluster_page(request: Request) -> Response:
         found = _cluster(conn, tree, node_id, names, page_no)
         centroid = found.pop("centroid")
         found["typical"] = _typical(request, conn, tree, node_id, centroid, lazy=True)
+        folded = found["node"]["folded"]
+        options = None if folded else curation.edit_options(conn, tree, node_id)
+    texts_page = found["texts"]["page"] if found["texts"] else 1
     return page(
         request,
         "cluster.html",
+        status=status,
+        error=error,
+        options=options,
+        edit_url=curation.edit_url(
+            tree.part, node_id, names=names, page=texts_page if texts_page > 1 else None
+        ),
         part=tree.part,
         names=names,
         tree=tree,
@@ -365,6 +383,7 @@ def _changes(request: Request) -> dict:
         choices = _choices(summary_aliases(conn, tree.part))
         found = history.partition_changes(conn, tree, since, level, event)
         earlier = runs(conn, tree.part.dataset, tree.part.run_config, RUNS_SHOWN).to_dicts()
+        attention = curation.attention(edit_history(conn, tree.part), tree, names)
     for row in found["rows"]:
         row["url"] = (
             None
@@ -380,13 +399,15 @@ def _changes(request: Request) -> dict:
         "level": level,
         "event": event,
         "runs": earlier,
+        "attention": attention,
+        "edit_url": curation.edit_url(tree.part, None, names=names),
         **found,
     }
 
 
 @endpoint()
 def changes_page(request: Request) -> Response:
-    return page(request, "changes.html", **_changes(request))
+    return page(request, "changes.html", error=None, **_changes(request))
 
 
 @endpoint(as_json=True)
@@ -401,5 +422,54 @@ def changes_json(request: Request) -> Response:
             "previous_run": found["previous_run"],
             "counts": found["counts"],
             "changes": found["rows"],
+            "attention": [
+                {k: v for k, v in row.items() if k != "nodes"} for row in found["attention"]
+            ],
         }
     )
+
+
+# --- edits ---------------------------------------------------------------------------------------
+
+
+async def edit_page(request: Request) -> Response:
+    """POST `.../c/{node_id}/edit` (a cluster page's forms) or `.../edit` (an undo on the
+    changes page): the edit made, then that page again (303), or the page with the refusal's
+    one line (400; nothing changed)."""
+    return await curation.posted(request, _edit_page, as_json=False)
+
+
+@endpoint()
+def _edit_page(request: Request, body: bytes) -> Response:
+    names, node_id = _names(request), request.path_params.get("node_id")
+    state = request.app.state
+    try:
+        wanted = curation.form_request(request, body, node_id, state.author)
+        part, made = curation.save(state.database, *_where(request), wanted)
+    except Failure as err:
+        if err.status != 400:
+            raise
+        if node_id is None:
+            return page(request, "changes.html", status=400, error=err.message, **_changes(request))
+        return _cluster_answer(request, 400, err.message)
+    if node_id is None:
+        return RedirectResponse(part_url(part, "/changes", names=names), status_code=303)
+    shown = curation.landing(made, node_id)
+    if shown is None:
+        return RedirectResponse(part_url(part, names=names), status_code=303)
+    page_no = request.query_params.get("page") if shown == node_id else None
+    return RedirectResponse(cluster_url(part, shown, names=names, page=page_no), status_code=303)
+
+
+async def edit_json(request: Request) -> Response:
+    """POST `.../api/edit` with a JSON edit ({kind, node_id, value, text_ids, note}): the edit
+    made, or {"error": line} with 400 (nothing changed)."""
+    return await curation.posted(request, _edit_json, as_json=True)
+
+
+@endpoint(as_json=True)
+def _edit_json(request: Request, body: bytes) -> Response:
+    state = request.app.state
+    wanted = curation.json_request(request, body, state.author)
+    part, made = curation.save(state.database, *_where(request), wanted)
+    return ExactJSON(curation.edit_view(part, made, _names(request)))

@@ -1,13 +1,16 @@
 """What the explorer's pages read, and how a failure becomes an answer.
 
 Every request opens one short read-only connection (`core.results.reading.read_only`), reads
-through the functions of `core.results` and closes it, so runs keep writing between requests.
+through the functions of `core.results` and closes it, so runs keep writing between requests. In
+this process, an edit's read-write connection and the reads take turns (`Gate`): DuckDB opens no
+read-write connection to a file that a read-only one holds in the same process, nor the reverse.
 `Failure` carries the HTTP status and the one line a person sees: an unknown dataset, run
 configuration, alias or cluster is 404 with the line the CLI prints; a results file that is gone,
 locked or not a results file is 503.
 """
 
 import contextlib
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -20,12 +23,20 @@ import numpy as np
 import polars as pl
 
 from ..commands.output import visible
+from ..core.embedding.embed import cache_key
 from ..core.errors import InputError
 from ..core.results.browse import is_folded
 from ..core.results.map_page import MapData, map_data, top_traces
-from ..core.results.reading import NamedTree, load_tree, read_only, resolve
+from ..core.results.reading import (
+    LOCK_WAIT_S,
+    NamedTree,
+    load_tree,
+    partitions,
+    read_only,
+    resolve,
+)
 from ..core.results.search import Searcher, search_clusters, search_texts
-from ..core.results.search_index import input_versions
+from ..core.results.search_index import embedding_config, input_versions
 from ..core.storage.store import DatabaseBusy, MissingResult, Partition, visible_version
 
 
@@ -54,16 +65,67 @@ def failure(err: BaseException) -> Failure:
     return Failure(500, f"unexpected {type(err).__name__}: {err} (the server's log says more)")
 
 
+class Gate:
+    """Many readers or one writer of the results file at a time, in this process: a writer waits
+    for the readers and any other writer, and new readers wait (up to `wait_s`, then 503) while a
+    writer waits or writes. A thread that already reads may read again without waiting."""
+
+    def __init__(self, wait_s: float = LOCK_WAIT_S):
+        self._wait_s = wait_s
+        self._changed = threading.Condition()
+        self._readers = 0
+        self._writers = 0  # waiting or writing
+        self._writing = False
+        self._mine = threading.local()
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        depth = getattr(self._mine, "depth", 0)
+        with self._changed:
+            if not depth and not self._changed.wait_for(lambda: not self._writers, self._wait_s):
+                raise Failure(503, "an edit is being saved to the results file; try again")
+            self._readers += 1
+        self._mine.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._mine.depth = depth
+            with self._changed:
+                self._readers -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._changed:
+            self._writers += 1
+            self._changed.wait_for(lambda: not self._readers and not self._writing)
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._writing = False
+                self._writers -= 1
+                self._changed.notify_all()
+
+
+@functools.cache
+def gate(database: Path) -> Gate:
+    """The process's one gate of the results file `database`."""
+    return Gate()
+
+
 @contextmanager
 def connection(database: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short read-only connection; a file that is gone, locked or holds no results is 503."""
-    stack = ExitStack()
-    try:
-        conn = stack.enter_context(read_only(database))
-    except (InputError, duckdb.Error) as err:
-        raise Failure(503, str(err)) from None
-    with stack:
-        yield conn
+    with gate(Path(database)).reading():
+        stack = ExitStack()
+        try:
+            conn = stack.enter_context(read_only(database))
+        except (InputError, duckdb.Error) as err:
+            raise Failure(503, str(err)) from None
+        with stack:
+            yield conn
 
 
 @contextmanager
@@ -78,6 +140,8 @@ def partition(
 
 
 # --- addresses ---------------------------------------------------------------------------------
+
+HOSTS = ["127.0.0.1", "localhost"]  # the only host names the explorer answers to
 
 
 def part_url(part: Partition, suffix: str = "", **query) -> str:
@@ -110,6 +174,10 @@ def node_view(part: Partition, node: dict, names: str | None, within: int | None
         "n_children": node["n_children"],
         "method": node["method"],
         "folded": is_folded(node),
+        "named_by": node["named_by"],
+        "placed_by": node["placed_by"],
+        "tags": list(node["tags"] or []),
+        "flag": node["flag"],
         "bar": round(100 * node["size"] / base, 1),
         "url": cluster_url(part, node["node_id"], names=names),
     }
@@ -142,43 +210,67 @@ class LockedEncoder:
 
 
 class SearchService:
-    """One `Searcher` per process (it keeps the query model and each partition's index). Its
+    """One `Searcher` per process (it keeps the query models and each partition's index). Its
     indexes are read and scanned by one request at a time, and its model used by one at a time,
-    so a typical-texts scan need not wait for the model to load. `warm` reads a partition's
-    index, then loads its model, in the background when its tree is shown, so that the first
-    search is as fast as the next."""
+    so a typical-texts scan need not wait for the model to load. `load_models` loads the file's
+    query models before the server answers (loading torch in the background would hold the
+    interpreter for seconds and slow every page meanwhile); `warm` reads a partition's index in
+    the background when its tree is shown, so that the first search is as fast as the next."""
 
     def __init__(self, database: Path, searcher: Searcher | None = None):
         self.searcher = searcher or Searcher(database)
         self.searcher.encoder = LockedEncoder(self.searcher.encoder)
         self._lock = threading.Lock()  # the indexes and their in-memory scans
         self._warming = threading.Lock()
-        self._warmed: set = set()
-        self._built: set = set()
+        self._warming_now: set = set()
+        self._scanned: dict = {}  # (part, alias) -> the index scanned once
 
-    def ready(self, part: Partition, alias: str | None) -> bool:
-        """Whether the partition's index has been read (a query then scans memory only)."""
-        return (part, alias) in self._built
+    def load_models(self) -> list[str]:
+        """Load the query model of every partition in the file (usually one model); the models
+        loaded. A file that cannot be read yet loads none: the first search loads its own."""
+        configs = {}
+        with (
+            contextlib.suppress(InputError, duckdb.Error),
+            read_only(self.searcher.database) as conn,
+        ):
+            for dataset, run_config in partitions(conn).select("dataset", "run_config").rows():
+                with contextlib.suppress(InputError):
+                    config = embedding_config(conn, Partition(dataset, run_config))
+                    configs[cache_key(config)] = config
+        for config in configs.values():
+            self.searcher.encoder(config, ["warm up"])
+        return list(configs)
+
+    def ready(self, conn, part: Partition, alias: str | None) -> bool:
+        """Whether the partition's current index is in memory, scanned once (a query then scans
+        memory only, quickly)."""
+        current = self.searcher.current(conn, part, alias)
+        return current is not None and self._scanned.get((part, alias)) is current
 
     def _index(self, part: Partition, alias: str | None):
-        with self._lock:
+        with gate(self.searcher.database).reading(), self._lock:
             index = self.searcher.index(part, alias)
-        self._built.add((part, alias))
+            if self._scanned.get((part, alias)) is not index:
+                _first_scans(index)
+                self._scanned[part, alias] = index
         return index
 
     def warm(self, part: Partition, alias: str | None) -> None:
-        """Read the partition's index, then load its query model, in the background (one after
-        the other: side by side, on a small machine, they slow the pages being read meanwhile)."""
+        """Read the partition's index in the background, unless that is under way (a current
+        index is only checked: a lookup per table)."""
         key = (part, alias)
         with self._warming:
-            if key in self._warmed:
+            if key in self._warming_now:
                 return
-            self._warmed.add(key)
+            self._warming_now.add(key)
         _background(self._warm, part, alias)
 
     def _warm(self, part: Partition, alias: str | None) -> None:
-        index = self._index(part, alias)
-        self.searcher.embed(index, "warm up")
+        try:
+            self._index(part, alias)
+        finally:
+            with self._warming:
+                self._warming_now.discard((part, alias))
 
     def search(
         self, part: Partition, alias: str | None, query: str, within: str | None, limit: int
@@ -202,6 +294,16 @@ class SearchService:
         with self._lock:
             hits = search_texts(index, centroid, limit, node_id)
         return hits.select("row_idx", "text_id", "text", similarity="score").to_dicts()
+
+
+def _first_scans(index) -> None:
+    """Two scans inside a node, as a page asks: the first two of a new index take 0.4-0.5 s each
+    on 100,000 texts (DuckDB's memory warming up), the next ones about 0.1 s."""
+    centroid = index.memory.execute("SELECT vector FROM centroids LIMIT 1").fetchone()
+    if centroid is None:
+        return
+    for node_id in index.tree.nodes["node_id"].head(2):
+        search_texts(index, np.asarray(centroid[0], np.float32), 1, node_id)
 
 
 def _background(work, *args) -> None:

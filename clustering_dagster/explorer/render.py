@@ -125,9 +125,9 @@ def endpoint(as_json: bool = False):
 
     def wrap(handler):
         @functools.wraps(handler)
-        def run(request: Request) -> Response:
+        def run(request: Request, *args) -> Response:
             try:
-                return handler(request)
+                return handler(request, *args)
             except Exception as err:
                 answer = failure(err)
                 if answer.status >= 500:

@@ -32,15 +32,18 @@ def bind(port: int) -> socket.socket:
     return sock
 
 
-def serve(database: Path, port: int, open_browser: bool = False) -> None:
-    """Serve the explorer over `database` at http://127.0.0.1:<port>/ until interrupted."""
+def serve(database: Path, port: int, open_browser: bool = False, author: str | None = None) -> None:
+    """Serve the explorer over `database` at http://127.0.0.1:<port>/ until interrupted; its
+    edits are `author`'s (default: CLUSTERING_AUTHOR or the login name)."""
     import uvicorn
 
     from .app import create_app
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     sock = bind(port)
-    app = create_app(database)
+    app = create_app(database, author=author)
+    click.echo("loading the search model...", err=True)
+    app.state.search.load_models()
     config = uvicorn.Config(
         app,
         log_level="warning",

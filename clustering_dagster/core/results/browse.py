@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from ..storage.store import HIDDEN_ID, relation, shown_relation
-from .reading import NamedTree
+from ..storage.store import HIDDEN_ID, shown_relation
+from .reading import NamedTree, leaf_assignments
 
 PER_PAGE = 50
 
@@ -59,11 +59,11 @@ def node_text_page(conn, tree: NamedTree, node_id: str, page: int = 1, per_page:
         return TextPage(empty, 0, 1, per_page)
     part = tree.part
     scope = f"""
-        FROM {relation(conn, "assignments", part)} a
+        FROM {leaf_assignments(conn, tree)} a
         JOIN {shown_relation(conn, "texts", part)} t USING (row_idx)
-        WHERE a.level_name = $level AND list_contains($ids, a.cluster_id)
+        WHERE list_contains($ids, a.cluster_id)
     """
-    params = {"level": tree.leaf_level, "ids": tree.leaves(node_id)}
+    params = {"ids": tree.leaves(node_id)}
     total = conn.execute(f"SELECT count(*) {scope}", params).fetchone()[0]
     pages = max(1, -(-total // per_page))
     page = min(max(1, page), pages)

@@ -9,6 +9,7 @@ import polars as pl
 
 from ..errors import InputError
 from ..storage.store import SCHEMA, Partition
+from .reading import NamedTree, leaf_assignments
 
 # Facet columns a filter may name, and whether they hold numbers.
 FILTERABLE = {
@@ -89,22 +90,21 @@ def facet_columns(conn, part: Partition) -> pl.DataFrame:
     ).pl()
 
 
-def breakdown(conn, part: Partition, level_name: str, cluster_ids: list[int]) -> dict | None:
-    """A cluster's facets (the texts of `cluster_ids` at `level_name`): its languages (share,
+def breakdown(conn, tree: NamedTree, node_id: str) -> dict | None:
+    """A node's facets (of the texts under it): its languages (share,
     largest first, at most 5), user turns (mean, median, max) and mean concerning score (None
     when no facet has one); None without facets."""
     rows = conn.execute(
         f"""
         SELECT f.language, f.user_turns, f.turns, f.concerning FROM {SCHEMA}.facets f
-        JOIN {SCHEMA}.assignments a USING (dataset, run_config, row_idx)
-        WHERE f.dataset = $dataset AND f.run_config = $run_config AND a.level_name = $level
+        JOIN {leaf_assignments(conn, tree)} a USING (row_idx)
+        WHERE f.dataset = $dataset AND f.run_config = $run_config
           AND list_contains($ids, a.cluster_id)
         """,
         {
-            "dataset": part.dataset,
-            "run_config": part.run_config,
-            "level": level_name,
-            "ids": cluster_ids,
+            "dataset": tree.part.dataset,
+            "run_config": tree.part.run_config,
+            "ids": tree.leaves(node_id),
         },
     ).pl()
     if rows.height == 0:

@@ -11,19 +11,21 @@ A cluster is named on the command line by its node id, `<level_name>/<cluster_id
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import polars as pl
 
+from ..curation.apply import CURATION_SCHEMA, MOVED_SCHEMA, machine_tree
 from ..errors import InputError
 from ..storage.store import (
     HIDDEN_ID,
     SCHEMA,
     Partition,
     read_partition,
+    relation,
     shown_relation,
     store_table,
 )
@@ -173,12 +175,15 @@ def runs(conn, dataset: str | None = None, run_config: str | None = None, limit:
 
 @dataclass(frozen=True)
 class NamedTree:
-    """A partition's tree with the names of one alias (`names`), rows in `TREE_COLUMNS`,
-    depth-first, level 0 at the top; the leaves are the finest clustering level."""
+    """A partition's tree with the names of one alias (`names`), rows in `TREE_COLUMNS` and
+    the curation columns (who named and placed each node, its tags, flag and edits), depth-first,
+    level 0 at the top; the leaves are the finest clustering level. People's edits are applied:
+    `moved` holds the texts whose finest cluster a person changed (row_idx, cluster_id)."""
 
     part: Partition
     names: str
     nodes: pl.DataFrame
+    moved: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=MOVED_SCHEMA))
 
     def node(self, node_id: str) -> dict:
         row = self.nodes.filter(pl.col("node_id") == node_id)
@@ -251,9 +256,9 @@ def summary_aliases(conn, part: Partition) -> dict[str, bool]:
     }
 
 
-def load_tree(conn, part: Partition, alias: str | None = None) -> NamedTree:
-    """The tree named by `alias`; by default an LLM alias's names (the first by name) when one
-    exists, else the keyword labels of `hierarchy`."""
+def machine_nodes(conn, part: Partition, alias: str | None = None) -> tuple[str, pl.DataFrame]:
+    """The alias and the machine's tree (`TREE_COLUMNS`) it names: by default an LLM alias's
+    names (the first by name) when one exists, else the keyword labels of `hierarchy`."""
     aliases = summary_aliases(conn, part)
     if alias is None:
         alias = next((a for a, by_llm in aliases.items() if by_llm), KEYWORD_NAMES)
@@ -273,7 +278,51 @@ def load_tree(conn, part: Partition, alias: str | None = None) -> NamedTree:
         raise InputError(
             f"no alias {alias!r} in {part} (aliases: {', '.join(aliases) or KEYWORD_NAMES})"
         )
-    return NamedTree(part, alias, nodes.select(TREE_COLUMNS))
+    return alias, nodes.select(TREE_COLUMNS)
+
+
+def load_tree(conn, part: Partition, alias: str | None = None) -> NamedTree:
+    """The tree named by `alias` (see `machine_nodes`) with people's edits applied (as the last
+    edit or publication left them in `curated_hierarchy`; inside a run, the machine's tree)."""
+    alias, nodes = machine_nodes(conn, part, alias)
+    if part.version is None:
+        try:
+            where = [part.dataset, part.run_config, alias]
+            curated = conn.execute(
+                f"SELECT {', '.join(TREE_COLUMNS + list(CURATION_SCHEMA))} "
+                f"FROM {SCHEMA}.curated_hierarchy WHERE dataset = ? AND run_config = ? "
+                "AND alias = ? ORDER BY position",
+                where,
+            ).pl()
+            moved = conn.execute(
+                f"SELECT row_idx, cluster_id FROM {SCHEMA}.curated_moves "
+                "WHERE dataset = ? AND run_config = ? ORDER BY row_idx",
+                where[:2],
+            ).pl()
+        except duckdb.CatalogException:  # a file older than curation, read-only
+            curated = None
+        if curated is not None and curated.height:
+            return NamedTree(part, alias, curated, moved.cast(MOVED_SCHEMA))
+    return NamedTree(part, alias, machine_tree(nodes))
+
+
+def leaf_assignments(conn, tree: NamedTree) -> str:
+    """SQL for the finest cluster of each of the partition's texts as people left it (row_idx,
+    text_hash, cluster_id, membership, noise)."""
+    rows = relation(conn, "assignments", tree.part)
+    finest = "'" + tree.leaf_level.replace("'", "''") + "'"
+    if tree.moved.height == 0:
+        return (
+            "(SELECT row_idx, text_hash, cluster_id, membership, noise "
+            f"FROM {rows} WHERE level_name = {finest})"
+        )
+    name = f"_moved_{id(tree.moved)}"
+    conn.register(name, tree.moved.to_arrow())
+    return (
+        "(SELECT a.row_idx, a.text_hash, coalesce(m.cluster_id, a.cluster_id) AS cluster_id, "
+        f"a.membership, a.noise FROM {rows} a LEFT JOIN {name} m USING (row_idx) "
+        f"WHERE a.level_name = {finest})"
+    )
 
 
 def text_names(conn, tree: NamedTree) -> pl.DataFrame:
@@ -283,12 +332,12 @@ def text_names(conn, tree: NamedTree) -> pl.DataFrame:
         f"SELECT row_idx, text_id, text FROM {shown_relation(conn, 'texts', tree.part)} t "
         "ORDER BY row_idx"
     ).pl()
-    leaves = read_partition(
-        conn, "assignments", tree.part, "row_idx, level_name, cluster_id", "row_idx"
-    ).filter(pl.col("level_name") == tree.leaf_level)
-    return texts.join(
-        leaves.drop("level_name"), on="row_idx", how="left", maintain_order="left"
-    ).join(tree.leaf_chains(), on="cluster_id", how="left", maintain_order="left")
+    leaves = conn.execute(
+        f"SELECT row_idx, cluster_id FROM {leaf_assignments(conn, tree)} ORDER BY row_idx"
+    ).pl()
+    return texts.join(leaves, on="row_idx", how="left", maintain_order="left").join(
+        tree.leaf_chains(), on="cluster_id", how="left", maintain_order="left"
+    )
 
 
 def tree_centroids(conn, tree: NamedTree) -> dict[str, np.ndarray]:
@@ -315,8 +364,11 @@ def tree_centroids(conn, tree: NamedTree) -> dict[str, np.ndarray]:
             continue
         if (level, cluster) in found:
             vector = found[level, cluster][1]
-        else:
-            parts = [found[tree.leaf_level, leaf] for leaf in leaves[node_id]]
+        else:  # a merged parent, or a cluster a person made (no stored leaf: no centroid)
+            under = leaves.get(node_id, [])
+            parts = [found[tree.leaf_level, c] for c in under if (tree.leaf_level, c) in found]
+            if not parts:
+                continue
             vector = sum(size * leaf_vector for size, leaf_vector in parts)
         centroids[node_id] = vector / max(float(np.linalg.norm(vector)), 1e-12)
     return centroids
@@ -336,12 +388,13 @@ def node_texts(
         SELECT t.row_idx, t.text_id, t.text,
                array_cosine_similarity(s.embedding, {vector_sql(centroid)}) AS similarity,
                a.noise
-        FROM {SCHEMA}.assignments a
-        JOIN {SCHEMA}.texts t USING (dataset, run_config, row_idx)
-        JOIN {SCHEMA}.embeddings e USING (dataset, run_config, row_idx)
+        FROM {leaf_assignments(conn, tree)} a
+        JOIN {SCHEMA}.texts t ON t.dataset = $dataset AND t.run_config = $run_config
+          AND t.row_idx = a.row_idx
+        JOIN {SCHEMA}.embeddings e ON e.dataset = $dataset AND e.run_config = $run_config
+          AND e.row_idx = a.row_idx
         JOIN {store_table(len(centroid))} s ON s.model = e.model AND s.text_hash = e.text_hash
-        WHERE a.dataset = $dataset AND a.run_config = $run_config AND a.level_name = $level
-          AND list_contains($ids, a.cluster_id)
+        WHERE list_contains($ids, a.cluster_id)
           AND ($only::INTEGER[] IS NULL OR list_contains($only::INTEGER[], t.row_idx))
         ORDER BY similarity DESC, t.row_idx
         LIMIT $limit
@@ -349,7 +402,6 @@ def node_texts(
         {
             "dataset": part.dataset,
             "run_config": part.run_config,
-            "level": tree.leaf_level,
             "ids": tree.leaves(node_id),
             "only": None if only is None else only.to_list(),
             "limit": limit,

@@ -112,6 +112,11 @@ class Searcher:
         self.encoder = encoder or QueryEncoder()
         self._indexes: dict = {}
 
+    def current(self, conn, part: Partition, alias: str | None = None) -> SearchIndex | None:
+        """The partition's index in memory if no run has published since it was read."""
+        cached = self._indexes.get((part, alias))
+        return cached[1] if cached is not None and cached[0] == input_versions(conn, part) else None
+
     def index(self, part: Partition, alias: str | None = None) -> SearchIndex:
         with read_only(self.database) as conn:
             versions = input_versions(conn, part)

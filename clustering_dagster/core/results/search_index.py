@@ -16,7 +16,7 @@ from ..data_in.ingest import text_hash
 from ..embedding.embed import cache_key
 from ..errors import InputError
 from ..storage.store import SCHEMA, Partition, store_table, visible_version
-from .reading import NamedTree, load_tree, tree_centroids
+from .reading import NamedTree, leaf_assignments, load_tree, tree_centroids
 
 # The tables an index is read from: a new version of any of them means reading it again.
 INPUT_TABLES = ("texts", "embeddings", "assignments", "cluster_centroids", "hierarchy",
@@ -53,8 +53,20 @@ def embedding_config(conn, part: Partition) -> EmbeddingConfig:
 
 
 def input_versions(conn, part: Partition) -> tuple:
-    """The published versions of the tables an index reads (cheap: a lookup per table)."""
-    return tuple(visible_version(conn, table, part) for table in INPUT_TABLES)
+    """The published versions of the tables an index reads, and the partition's last edit
+    (cheap: a lookup per table)."""
+    return (*(visible_version(conn, table, part) for table in INPUT_TABLES), last_edit(conn, part))
+
+
+def last_edit(conn, part: Partition) -> int | None:
+    """The id of the partition's latest edit (None: never edited, or a file older than edits)."""
+    try:
+        return conn.execute(
+            f"SELECT max(edit_id) FROM {SCHEMA}.edits WHERE dataset = ? AND run_config = ?",
+            [part.dataset, part.run_config],
+        ).fetchone()[0]
+    except duckdb.CatalogException:
+        return None
 
 
 @dataclass(frozen=True)
@@ -86,12 +98,11 @@ def read_index_inputs(conn, part: Partition, alias: str | None) -> IndexInputs:
     texts = conn.execute(
         f"""
         SELECT t.row_idx, t.text_id, t.text, t.text_hash, a.cluster_id
-        FROM {SCHEMA}.texts t JOIN {SCHEMA}.assignments a USING (dataset, run_config, row_idx)
+        FROM {SCHEMA}.texts t JOIN {leaf_assignments(conn, tree)} a USING (row_idx)
         WHERE t.dataset = $dataset AND t.run_config = $run_config AND t.duplicate_of IS NULL
-          AND a.level_name = $level
         ORDER BY t.row_idx
         """,
-        where | {"level": tree.leaf_level},
+        where,
     ).pl()
     vectors = conn.execute(
         f"""

@@ -30,8 +30,8 @@ Connect = Callable[[], AbstractContextManager]
 SCHEMA = "clustering"
 STORE = "clustering_store"
 # 1: result tables without versions; 2: before ADDED_COLUMNS; 3: before privacy; 4: before
-# cluster_changes
-LAYOUT = 5
+# cluster_changes; 5: before curation
+LAYOUT = 6
 
 # The folded cluster of the privacy threshold (`core.privacy.threshold`): the texts of clusters too
 # small to show sit in it at every level, and no view shows them.
@@ -144,6 +144,45 @@ SHARED = {
         tables VARCHAR[] NOT NULL, withdrawn VARCHAR[] NOT NULL, published_at TIMESTAMP NOT NULL""",
 }
 
+# People's edits of a partition's tree (core.curation): each edit once, its texts, and how it
+# stood against each published version; the curated trees and text moves in force (rewritten with
+# every edit and every publication, in the same transaction).
+CURATION = {
+    "edits": """
+        edit_id BIGINT NOT NULL, dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL, level_name VARCHAR, cluster_id INTEGER, node_id VARCHAR,
+        value JSON NOT NULL, author VARCHAR NOT NULL, note VARCHAR, made_at TIMESTAMP NOT NULL,
+        made_on VARCHAR""",
+    # role: moved (the texts a move or split moves) or member (the named nodes' texts when made)
+    "edit_texts": "edit_id BIGINT NOT NULL, role VARCHAR NOT NULL, text_hash VARCHAR NOT NULL",
+    "edit_status": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, version VARCHAR NOT NULL,
+        edit_id BIGINT NOT NULL, status VARCHAR NOT NULL, reason VARCHAR, holders JSON,
+        checked_at TIMESTAMP NOT NULL""",
+    "curated_hierarchy": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, alias VARCHAR NOT NULL,
+        version VARCHAR NOT NULL, node_id VARCHAR NOT NULL, parent_id VARCHAR,
+        level INTEGER NOT NULL, level_name VARCHAR NOT NULL, cluster_id INTEGER NOT NULL,
+        size BIGINT NOT NULL, share DOUBLE NOT NULL, n_children INTEGER NOT NULL,
+        name VARCHAR, summary VARCHAR, keywords VARCHAR[], position INTEGER NOT NULL,
+        method VARCHAR NOT NULL, named_by VARCHAR NOT NULL, placed_by VARCHAR NOT NULL,
+        tags VARCHAR[] NOT NULL, flag VARCHAR, edit_ids BIGINT[] NOT NULL""",
+    "curated_moves": """
+        dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, version VARCHAR NOT NULL,
+        level_name VARCHAR NOT NULL, row_idx INTEGER NOT NULL, cluster_id INTEGER NOT NULL""",
+}
+
+# The finest level of every text as people left it (the levels above follow `parent_id` in
+# curated_hierarchy).
+CURATED_ASSIGNMENTS_VIEW = f"""
+CREATE OR REPLACE VIEW {SCHEMA}.curated_assignments AS
+SELECT a.dataset, a.run_config, a.row_idx, a.text_hash, a.level, a.level_name,
+       coalesce(m.cluster_id, a.cluster_id) AS cluster_id, m.row_idx IS NOT NULL AS moved_by_person
+FROM {SCHEMA}.assignments a
+LEFT JOIN {SCHEMA}.curated_moves m ON m.dataset = a.dataset AND m.run_config = a.run_config
+  AND m.level_name = a.level_name AND m.row_idx = a.row_idx
+"""
+
 # What each run has written so far, per asset: unpublished until the run's last asset is done.
 STAGED = """
     dataset VARCHAR NOT NULL, run_config VARCHAR NOT NULL, version VARCHAR NOT NULL,
@@ -253,7 +292,7 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     with transaction(conn):
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {STORE}")
-        for name, columns in SHARED.items():
+        for name, columns in (SHARED | CURATION).items():
             conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.{name} ({columns})")
         conn.execute(f"CREATE TABLE IF NOT EXISTS {STORE}.staged ({STAGED})")
         for name, columns in VERSIONED.items():
@@ -270,6 +309,7 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
         for name in sorted(set(VERSIONED) - UNSHOWN, key=lambda n: (n in PROTECTED, n != "texts")):
             conn.execute(_view(name))
         conn.execute(RUNS_VIEW)
+        conn.execute(CURATED_ASSIGNMENTS_VIEW)
         conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.layout (version INTEGER NOT NULL)")
         conn.execute(f"INSERT INTO {SCHEMA}.layout VALUES (?)", [LAYOUT])
 

@@ -29,6 +29,7 @@
     name.href = node.url;
     line.append(E.bar(node.bar), " ", size, " ", E.el("span", "share", E.pct(node.share)), " ",
                 name, " ", E.el("span", "id", node.node_id));
+    marks(node).forEach(function (mark) { line.append(" ", mark); });
     li.append(line);
     if (node.folded) {
       li.append(E.el("div", "summary", E.number(node.size) +
@@ -39,6 +40,22 @@
       li.append(E.el("div", "keywords", node.keywords.join(", ")));
     }
     return li;
+  }
+
+  // what people set, as the server's `marks` macro shows it
+  function marks(node) {
+    const shown = [];
+    function mark(symbol, title) {
+      const span = E.el("span", "mark", symbol);
+      span.title = E.visible(title);
+      shown.push(span);
+      return span;
+    }
+    if (node.named_by === "person") mark("✎", "named by a person");
+    if (node.placed_by === "person") mark("↳", "placed by a person");
+    (node.tags || []).forEach(function (tag) { shown.push(E.el("span", "label", tag)); });
+    if (node.flag) mark("⚑", "flagged for review: " + node.flag).classList.add("flagged");
+    return shown;
   }
 
   function find(id) {
