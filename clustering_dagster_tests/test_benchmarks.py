@@ -39,6 +39,12 @@ SMOKES: dict[str, tuple[set[str], Callable[[dict], bool]]] = {
         and f["carried"] + f["needs_attention"] == f["edits"]
         and all(k["made"] > 0 for k in f["kinds"].values()) and f["tree_ms"] > 0,
     ),
+    "distributed": (
+        {"partitions_succeeded", "partitions_failed", "workers_used", "mismatched_rows",
+         "lost_rows", "seconds"},
+        lambda f: f["partitions_succeeded"] >= 3 and f["partitions_failed"] == 0
+        and f["workers_used"] >= 2 and f["mismatched_rows"] == f["lost_rows"] == 0,
+    ),
     "explorer": (
         {"tree_ms", "cluster_ms", "search_ms", "cold_search_ms", "emerging_found",
          "pages_checked", "texts", "seconds", "checks_failed"},
