@@ -49,7 +49,10 @@ def register(instance: DagsterInstance, datasets_dir) -> tuple[list[str], list[s
     "--db",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="The results DuckDB file (default: CLUSTERING_DUCKDB_PATH or data/clustering_dagster.duckdb).",
+    help=(
+        "The results DuckDB file (default: CLUSTERING_DUCKDB_PATH or data/clustering_dagster.duckdb); "
+        "unused when CLUSTERING_DUCKLAKE names a lake."
+    ),
 )
 @click.pass_context
 def cli(ctx: click.Context, db: Path | None) -> None:

@@ -18,8 +18,8 @@ from ..core.storage.store import (
     MaterializationRecord,
     MissingResult,
     Partition,
+    in_transaction,
     record_materialization,
-    transaction,
     write_aliases,
     write_version,
 )
@@ -84,12 +84,13 @@ def write_result(
     """Write the run's version of every table in `tables` and `history` (append-only tables,
     versioned alike), and of the aliases in each frame of `aliased` (the partition's other aliases
     are carried over), log the materialisation, and publish the run's results if this was its last
-    asset: all in one transaction."""
+    asset: all in one transaction (run again whole if it conflicts with another writer's)."""
     asset = context.assets_def.key.to_user_string()
     history, aliased = history or {}, aliased or {}
     run_assets = {key.to_user_string() for key in context.job_def.asset_layer.selected_asset_keys}
     live = live_run_ids(context.instance)
-    with transaction(conn):
+
+    def write() -> tuple:
         for table, frame in {**tables, **history}.items():
             write_version(conn, table, part, frame)
         for table, frame in aliased.items():
@@ -108,7 +109,11 @@ def write_result(
         record_materialization(conn, part, record)
         mark_written(conn, part, asset, [*tables, *history, *aliased])
         published = publish_if_complete(conn, part, run_assets, live)
-        edits = None if published is None else refresh_curation(conn, part)
+        return published, None if published is None else refresh_curation(conn, part)
+
+    # run again from the start if another writer's transaction conflicts (the lake): a step
+    # replaces its own version's rows, so a second attempt leaves what the first would have
+    published, edits = in_transaction(conn, write)
     if published is not None:
         context.log.info(f"published {part}: {', '.join(published.tables)}")
         if edits is not None:

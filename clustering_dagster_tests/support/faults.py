@@ -18,6 +18,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from clustering_dagster.core.storage.lake import Lake
+
 from .paths import REPO, SAMPLE
 
 PARTITION = "bank|default"
@@ -35,7 +37,8 @@ def sample_texts(first_category: int, n_categories: int) -> pl.DataFrame:
 
 class Sandbox:
     """A folder with datasets, run configurations, a DuckDB file and a DAGSTER_HOME (with the
-    repository's dagster.yaml), and the environment that points the code location at them."""
+    repository's dagster.yaml), and the environment that points the code location at them (add
+    CLUSTERING_DUCKLAKE and CLUSTERING_DUCKLAKE_DATA to `env` for results in a lake)."""
 
     def __init__(self, root: Path, lock_timeout_s: float = 60):
         self.root = root
@@ -81,9 +84,17 @@ class Sandbox:
             text=True, start_new_session=True,
         ))  # fmt: skip
 
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A short read-only connection to the results: the DuckDB file, or the lake when the
+        environment names one (CLUSTERING_DUCKLAKE)."""
+        lake = Lake.configured(self.env)
+        if lake is not None:
+            return lake.connect()
+        return duckdb.connect(str(self.database), read_only=True)
+
     def read(self, query: str, params=None) -> pl.DataFrame:
         """A short read-only query, as the README recommends while runs write."""
-        with duckdb.connect(str(self.database), read_only=True) as conn:
+        with self.connect() as conn:
             return conn.execute(query, params or []).pl()
 
     def published_texts(self, partition: str = PARTITION) -> pl.DataFrame:
@@ -191,7 +202,7 @@ def mismatches(sandbox: Sandbox, partition: str = PARTITION) -> dict[str, int]:
               AND l.cluster_id = s.cluster_id AND l.size = s.size
             WHERE s.dataset = $1 AND s.run_config = $2""",
     }
-    with duckdb.connect(str(sandbox.database), read_only=True) as conn:
+    with sandbox.connect() as conn:
         return {
             name: conn.execute(query, [dataset, run_config]).fetchone()[0]
             for name, query in checks.items()

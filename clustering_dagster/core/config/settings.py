@@ -40,3 +40,25 @@ def lock_timeout_s() -> float:
 def executor_name() -> str:
     """How a run executes its steps: in_process (default), multiprocess, k8s or celery."""
     return os.environ.get("CLUSTERING_EXECUTOR", "in_process")
+
+
+def ducklake(environ=None) -> tuple[str, str] | None:
+    """The results store when it is a DuckLake (docs/distributed.md): (catalog, data path) from
+    CLUSTERING_DUCKLAKE (DuckLake's catalog, e.g. `postgres:dbname=lake host=db user=clustering`;
+    a password comes from PGPASSWORD or ~/.pgpass, not from here) and CLUSTERING_DUCKLAKE_DATA (a
+    folder, or `s3://bucket/prefix/`). None when CLUSTERING_DUCKLAKE is unset: the results are the
+    single DuckDB file at `duckdb_path()`."""
+    environ = os.environ if environ is None else environ
+    catalog = environ.get("CLUSTERING_DUCKLAKE", "").strip()
+    if not catalog:
+        return None
+    catalog = catalog.removeprefix("ducklake:")
+    data = environ.get("CLUSTERING_DUCKLAKE_DATA", "").strip()
+    if not data:
+        raise ValueError(
+            "CLUSTERING_DUCKLAKE is set but CLUSTERING_DUCKLAKE_DATA is not: say where the lake's "
+            "Parquet files go (a folder, or s3://bucket/prefix/)"
+        )
+    if "://" not in data:
+        data = str(Path(data).expanduser())
+    return catalog, data

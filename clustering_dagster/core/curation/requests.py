@@ -7,7 +7,8 @@ import polars as pl
 
 from ..errors import InputError
 from ..results.reading import KEYWORD_NAMES, NamedTree, leaf_assignments, load_tree
-from ..storage.store import HIDDEN_ID, Partition, shown_relation, transaction
+from ..storage.lake import claim
+from ..storage.store import HIDDEN_ID, Partition, in_transaction, shown_relation
 from ..storage.store import visible_version as published
 from .edits import KINDS, Edit
 from .records import next_edit_id, now, read_edits, write_edit
@@ -36,10 +37,13 @@ class Made:
 
 def make_edit(conn, part: Partition, request: EditRequest) -> Made:
     """Check `request` against the partition's published tree with the edits in force, record
-    it and rewrite the curated state, in one transaction on the read-write `conn`."""
+    it and rewrite the curated state, in one transaction on the read-write `conn` (run again
+    whole if it conflicts with another writer's)."""
     if request.kind not in KINDS:
         raise InputError(f"no edit kind {request.kind!r} (kinds: {', '.join(KINDS)})")
-    with transaction(conn):
+
+    def write() -> Made:
+        claim(conn)  # the next edit id: of two edits at once in the lake, the later runs again
         version = published(conn, "hierarchy", part)
         if version is None:
             raise InputError(f"{part} has no published tree to edit: cluster it first")
@@ -66,6 +70,8 @@ def make_edit(conn, part: Partition, request: EditRequest) -> Made:
         if mine["status"][0] == "needs_attention":  # the checks above should never let one by
             raise InputError(f"the edit does not apply: {mine['reason'][0]}")
         return Made(edit, load_tree(conn, part, KEYWORD_NAMES))
+
+    return in_transaction(conn, write)
 
 
 # --- the checks, per kind: (value, level_name, cluster_id, moved hashes, member hashes) --------

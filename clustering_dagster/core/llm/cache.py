@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from ..storage.store import SCHEMA, Connect
+from ..storage.store import SCHEMA, Connect, in_transaction
 
 CALL_SCHEMA = {
     "cache_key": pl.String,
@@ -84,9 +84,14 @@ class CallCache:
         with self.connect() as conn:
             conn.register("_calls", pl.DataFrame(rows, schema=CALL_SCHEMA).to_arrow())
             try:
-                conn.execute(
-                    f"INSERT INTO {SCHEMA}.llm_calls BY NAME SELECT * FROM _calls "
-                    "ON CONFLICT DO NOTHING"
+                # not ON CONFLICT: the lake has no keys. A key another process wrote at the same
+                # moment may be there twice, with answers to the same request: readers take any.
+                in_transaction(
+                    conn,
+                    lambda: conn.execute(
+                        f"INSERT INTO {SCHEMA}.llm_calls BY NAME SELECT * FROM _calls c "
+                        f"ANTI JOIN {SCHEMA}.llm_calls k ON k.cache_key = c.cache_key"
+                    ),
                 )
             finally:
                 conn.unregister("_calls")

@@ -10,7 +10,7 @@ A cluster is named on the command line by its node id, `<level_name>/<cluster_id
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import polars as pl
 
 from ..curation.apply import CURATION_SCHEMA, MOVED_SCHEMA, machine_tree
 from ..errors import InputError
+from ..storage.lake import Lake
 from ..storage.store import (
     HIDDEN_ID,
     SCHEMA,
@@ -51,7 +52,14 @@ def vector_sql(vector: np.ndarray) -> str:
 @contextmanager
 def read_only(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short read-only connection to the results file; waits up to `wait_s` while a writer
-    holds it, then says so in one line."""
+    holds it, then says so in one line. With CLUSTERING_DUCKLAKE set, a connection to the lake
+    (`path` unused), which never waits: each query reads the last committed snapshot."""
+    lake = Lake.configured()
+    if lake is not None:
+        with closing(lake.connect()) as conn:
+            _check_results(conn, "the lake of CLUSTERING_DUCKLAKE")
+            yield conn
+        return
     path = Path(path)
     if not path.is_file():
         raise InputError(
@@ -72,15 +80,19 @@ def read_only(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[duckdb.DuckDB
                 ) from None
             time.sleep(0.2)
     try:
-        if not conn.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? "
-            "AND table_name = 'texts'",
-            [SCHEMA],
-        ).fetchone()[0]:
-            raise InputError(f"{path} holds no clustering results (no table {SCHEMA}.texts)")
+        _check_results(conn, str(path))
         yield conn
     finally:
         conn.close()
+
+
+def _check_results(conn, where: str) -> None:
+    if not conn.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? "
+        "AND table_name = 'texts'",
+        [SCHEMA],
+    ).fetchone()[0]:
+        raise InputError(f"{where} holds no clustering results (no table {SCHEMA}.texts)")
 
 
 def partitions(conn) -> pl.DataFrame:

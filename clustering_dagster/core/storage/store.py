@@ -10,12 +10,14 @@ append-only tables that survive any failure.
 """
 
 import json
+import random
 import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import duckdb
 import numpy as np
@@ -23,6 +25,9 @@ import polars as pl
 
 from ..batches import STORE_ROWS as VECTOR_BATCH_ROWS
 from ..pipeline import WRITTEN_BY
+from .lake import Lake, claim, is_lake
+
+T = TypeVar("T")
 
 # A short connection to the store with its schema in place, opened on each call.
 Connect = Callable[[], AbstractContextManager]
@@ -109,11 +114,11 @@ VERSIONED = {
 }
 
 # Columns added since layout 2, added to every file's tables (an older file's rows take the
-# default).
+# default; a literal string, as DuckLake takes no other default when adding a column).
 ADDED_COLUMNS = {
-    "projections": "fitted BOOLEAN DEFAULT true",
+    "projections": "fitted BOOLEAN DEFAULT 'true'",
     # under a privacy threshold: shown only once clustered, and not in a folded cluster
-    "texts": "private BOOLEAN DEFAULT false",
+    "texts": "private BOOLEAN DEFAULT 'false'",
 }
 
 # Versioned tables no view shows: they stay in schema `clustering_store`, for the owner.
@@ -237,9 +242,13 @@ LOCK_POLL_S = 0.25
 
 
 def connect(path, lock_timeout_s: float = 0.0, on_wait=None) -> duckdb.DuckDBPyConnection:
-    """A read-write connection. While another process holds the file (DuckDB allows one writer,
+    """A read-write connection: to the lake when CLUSTERING_DUCKLAKE is set (`path` unused),
+    else to the file at `path`. While another process holds the file (DuckDB allows one writer,
     and a read-only connection elsewhere blocks writers too) retry for up to `lock_timeout_s`,
     telling `on_wait` once who holds it; then raise DatabaseBusy."""
+    lake = Lake.configured()
+    if lake is not None:
+        return lake.connect()
     deadline = time.monotonic() + lock_timeout_s
     told = False
     while True:
@@ -284,34 +293,45 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
             f"a DuckDB file named {SCHEMA}.duckdb or {STORE}.duckdb makes '{SCHEMA}.table' "
             "ambiguous: rename the file"
         )
-    if (
-        _exists(conn, SCHEMA, "layout")
+    if not _current_layout(conn):
+        in_transaction(conn, lambda: _create_schema(conn))
+
+
+def _current_layout(conn) -> bool:
+    return (
+        _exists(conn, SCHEMA, "layout") is not None
         and conn.execute(f"SELECT max(version) FROM {SCHEMA}.layout").fetchone()[0] == LAYOUT
-    ):
+    )
+
+
+def _create_schema(conn) -> None:
+    if _current_layout(conn):  # another process made it while this one waited
         return
-    with transaction(conn):
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {STORE}")
-        for name, columns in (SHARED | CURATION).items():
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.{name} ({columns})")
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {STORE}.staged ({STAGED})")
-        for name, columns in VERSIONED.items():
+    lake = is_lake(conn)
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {STORE}")
+    for name, columns in (SHARED | CURATION).items():
+        if lake:  # no keys in DuckLake: inserts into these tables are anti-joins
+            columns = columns.replace(" PRIMARY KEY", " NOT NULL")
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.{name} ({columns})")
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {STORE}.staged ({STAGED})")
+    for name, columns in VERSIONED.items():
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {STORE}.{name} (dataset VARCHAR NOT NULL, "
+            f"run_config VARCHAR NOT NULL, version VARCHAR NOT NULL, {columns})"
+        )
+        if name in ADDED_COLUMNS:
             conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {STORE}.{name} (dataset VARCHAR NOT NULL, "
-                f"run_config VARCHAR NOT NULL, version VARCHAR NOT NULL, {columns})"
+                f"ALTER TABLE {STORE}.{name} ADD COLUMN IF NOT EXISTS {ADDED_COLUMNS[name]}"
             )
-            if name in ADDED_COLUMNS:
-                conn.execute(
-                    f"ALTER TABLE {STORE}.{name} ADD COLUMN IF NOT EXISTS {ADDED_COLUMNS[name]}"
-                )
-            if _exists(conn, SCHEMA, name) == "BASE TABLE":
-                _migrate_unversioned(conn, name)
-        for name in sorted(set(VERSIONED) - UNSHOWN, key=lambda n: (n in PROTECTED, n != "texts")):
-            conn.execute(_view(name))
-        conn.execute(RUNS_VIEW)
-        conn.execute(CURATED_ASSIGNMENTS_VIEW)
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.layout (version INTEGER NOT NULL)")
-        conn.execute(f"INSERT INTO {SCHEMA}.layout VALUES (?)", [LAYOUT])
+        if _exists(conn, SCHEMA, name) == "BASE TABLE":
+            _migrate_unversioned(conn, name)
+    for name in sorted(set(VERSIONED) - UNSHOWN, key=lambda n: (n in PROTECTED, n != "texts")):
+        conn.execute(_view(name))
+    conn.execute(RUNS_VIEW)
+    conn.execute(CURATED_ASSIGNMENTS_VIEW)
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.layout (version INTEGER NOT NULL)")
+    conn.execute(f"INSERT INTO {SCHEMA}.layout VALUES (?)", [LAYOUT])
 
 
 def _view(table: str) -> str:
@@ -390,9 +410,44 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        _roll_back(conn)
         raise
     conn.execute("COMMIT")
+
+
+def _roll_back(conn) -> None:
+    """ROLLBACK, unless the failure already ended the transaction (a failed COMMIT does)."""
+    try:
+        conn.execute("ROLLBACK")
+    except duckdb.TransactionException as err:
+        if "no transaction is active" not in str(err):
+            raise
+
+
+# A write transaction that conflicts with another writer's (the lake's optimistic concurrency) is
+# run again, up to CONFLICT_TRIES times in all, after a pause growing from CONFLICT_PAUSE_S.
+CONFLICT_TRIES = 12
+CONFLICT_PAUSE_S = (0.05, 4.0)
+
+
+def in_transaction(conn: duckdb.DuckDBPyConnection, write: Callable[[], T]) -> T:
+    """`write()` in one transaction, committed; returns what it returns. When the commit (or a
+    statement) conflicts with another writer's transaction (`duckdb.TransactionException`: in the
+    lake, two runs publishing at once), everything is rolled back and `write` runs again from the
+    start, so it must only depend on what it reads inside the transaction (a step replaces its
+    own version's rows). Other errors roll back and propagate at once."""
+    attempt = 1
+    while True:
+        try:
+            with transaction(conn):
+                return write()
+        except duckdb.TransactionException:
+            _roll_back(conn)
+            if attempt >= CONFLICT_TRIES:
+                raise
+        first, longest = CONFLICT_PAUSE_S
+        time.sleep(min(longest, first * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5))
+        attempt += 1
 
 
 def _literal(value: str) -> str:
@@ -637,25 +692,50 @@ def put_vectors(conn, model: str, hashes: pl.Series, vectors: np.ndarray) -> Non
             ),
         }
     )
-    with transaction(conn):
+    lake = is_lake(conn)
+    rows = _lake_vectors(dim) if lake else store_table(dim)
+    vector = "v.embedding::FLOAT[]" if lake else f"v.embedding::FLOAT[{dim}]"
+
+    def write() -> None:
+        _create_vector_store(conn, dim, lake)
         conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {store_table(dim)} "
-            f"(model VARCHAR NOT NULL, text_hash VARCHAR NOT NULL, embedding FLOAT[{dim}] NOT NULL)"
+            f"INSERT INTO {SCHEMA}.embedding_models SELECT ?, ? "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {SCHEMA}.embedding_models WHERE model = ?)",
+            [model, dim, model],
         )
-        conn.execute(
-            f"INSERT INTO {SCHEMA}.embedding_models VALUES (?, ?) ON CONFLICT DO NOTHING",
-            [model, dim],
-        )
+        claim(conn)  # two writers of the same new vectors at once: the later runs again
         conn.register("_vectors", frame.to_arrow())
         try:
             conn.execute(
-                f"INSERT INTO {store_table(dim)} SELECT ?, v.text_hash, v.embedding::FLOAT[{dim}] "
-                "FROM _vectors v "
-                f"ANTI JOIN {store_table(dim)} s ON s.model = ? AND s.text_hash = v.text_hash",
+                f"INSERT INTO {rows} SELECT ?, v.text_hash, {vector} FROM _vectors v "
+                f"ANTI JOIN {rows} s ON s.model = ? AND s.text_hash = v.text_hash",
                 [model, model],
             )
         finally:
             conn.unregister("_vectors")
+
+    in_transaction(conn, write)
+
+
+def _lake_vectors(dim: int) -> str:
+    """The lake's table of d-dimensional vectors (FLOAT[]: DuckLake has no FLOAT[d])."""
+    return f"{STORE}.embedding_vectors_{dim}"
+
+
+def _create_vector_store(conn, dim: int, lake: bool) -> None:
+    """The store of d-dimensional vectors: a table of FLOAT[d] in a file; in the lake a table of
+    FLOAT[] and, under the file's name, a view of it as FLOAT[d] for every reader."""
+    columns = "model VARCHAR NOT NULL, text_hash VARCHAR NOT NULL, embedding FLOAT[{}] NOT NULL"
+    if not lake:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {store_table(dim)} ({columns.format(dim)})")
+        return
+    if _exists(conn, SCHEMA, f"embedding_store_{dim}"):
+        return
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {_lake_vectors(dim)} ({columns.format('')})")
+    conn.execute(
+        f"CREATE VIEW IF NOT EXISTS {store_table(dim)} AS SELECT model, text_hash, "
+        f"embedding::FLOAT[{dim}] AS embedding FROM {_lake_vectors(dim)}"
+    )
 
 
 def _to_matrix(column: pl.Series) -> np.ndarray:
