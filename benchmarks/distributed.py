@@ -17,13 +17,13 @@ deploy/postgres/dagster.yaml say (the broker's visibility timeout cut to 60 s), 
 After each kill: `mismatched_rows` counts rows a reader sees that do not belong with the
 partition's other results, `lost_rows` the texts that differ from the complete result the run's
 outcome implies (the new texts if it succeeded, the previous ones if it failed), as in
-benchmarks/reliability.py. Results go to one DuckDB file on this machine (the shared-store part of
-the issue is not built: see docs/distributed.md). Prints a table of runs; the last line is one
-JSON object.
+benchmarks/reliability.py. Results go to one DuckDB file on this machine, or with --lake to a
+DuckLake (catalog in the same PostgreSQL, data in a local folder: docs/distributed.md). Prints a
+table of runs; the last line is one JSON object.
 
-From the repository root (needs pip install -e ".[distributed]"):
+From the repository root (needs pip install -e ".[distributed]", and ".[lake]" for --lake):
 
-    python -m benchmarks.distributed [--smoke]
+    python -m benchmarks.distributed [--smoke] [--lake]
 """
 
 import argparse
@@ -102,6 +102,7 @@ def kill_mid_step(stack: Distributed, partition: str, texts, step: str, whole: b
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="3 x 60 texts, one kill (~3 min)")
+    parser.add_argument("--lake", action="store_true", help="results in a DuckLake, not a file")
     args = parser.parse_args()
     missing = ensure_installed()
     if missing:
@@ -111,7 +112,7 @@ def main() -> None:
     names = [f"part{i}" for i in range(count)]
     root = Path(tempfile.mkdtemp(prefix="distributed_"))
     try:
-        with Distributed(root, workers=2, redeliver_s=REDELIVER_S) as stack:
+        with Distributed(root, workers=2, redeliver_s=REDELIVER_S, lake=args.lake) as stack:
             figures = run(stack, names, per, args.smoke)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -176,7 +177,9 @@ def run(stack: Distributed, names: list[str], per: int, smoke: bool) -> dict:
         "kill_outcomes": [k["outcome"] for k in kills],
         "mismatched_rows": sum(k["mismatched_rows"] for k in kills),
         "lost_rows": sum(k["lost_rows"] for k in kills),
-        "store": "one DuckDB file (single machine)",
+        "store": "DuckLake (PostgreSQL catalog, local data folder)"
+        if stack.lake
+        else "one DuckDB file (single machine)",
     }
 
 

@@ -2,7 +2,8 @@
 PostgreSQL, Parquet files in a temporary folder) instead of the single DuckDB file, with the same
 guarantees. Real runs of the README's command in separate processes: two partitions written and
 published at the same moment, a reader reading all along (it never waits), a run killed with
-kill -9 between its writes and its publication, and the CLI reading the lake."""
+kill -9 between its writes and its publication, and the CLI reading the lake. Skipped when the
+`lake` extra is not installed (or its builds are for another duckdb), or PostgreSQL is missing."""
 
 import json
 import subprocess
@@ -12,14 +13,12 @@ import time
 import duckdb
 import pytest
 
+from clustering_dagster.core.storage import store
 from clustering_dagster.core.storage.lake import Lake, load_extension
 
 from .support.faults import Sandbox, mismatches, sample_texts, step_start
 from .support.paths import REPO
 from .support.services import PostgresServer, ensure_installed
-
-pytest.importorskip("duckdb_extension_ducklake", reason="pip install -e '.[lake]'")
-pytest.importorskip("duckdb_extension_postgres_scanner", reason="pip install -e '.[lake]'")
 
 CONSISTENT = dict.fromkeys(
     ["assignment_text", "embedding_text", "text_unassigned", "cluster_label", "tree_label",
@@ -33,6 +32,8 @@ BANK_NEW = sample_texts(20, 10)
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
     """A Sandbox whose results are a DuckLake: catalog in PostgreSQL, data in a local folder."""
+    pytest.importorskip("duckdb_extension_ducklake", reason="pip install -e '.[lake]'")
+    pytest.importorskip("duckdb_extension_postgres_scanner", reason="pip install -e '.[lake]'")
     try:
         load_extension(duckdb.connect(), "ducklake")
     except RuntimeError as err:  # the packages' builds are for another duckdb
@@ -122,6 +123,33 @@ def test_the_cli_reads_the_lake(lake):
     )
     assert hierarchy.height > 0
     assert {(n["node_id"], n["name"]) for n in nodes} == set(hierarchy.iter_rows())
+
+
+def test_a_conflicting_transaction_runs_again_whole(tmp_path, monkeypatch):
+    """What a conflict with another writer's commit does (a DuckDB file stands in for the lake):
+    the first attempt's writes are rolled back and `write` runs again from the start."""
+    monkeypatch.setattr(store, "CONFLICT_PAUSE_S", (0.001, 0.001))
+    conn = duckdb.connect(str(tmp_path / "x.duckdb"))
+    conn.execute("CREATE TABLE t (attempt INTEGER)")
+    attempts = []
+
+    def write():
+        attempts.append(len(attempts) + 1)
+        conn.execute("INSERT INTO t VALUES (?)", [attempts[-1]])
+        if len(attempts) < 3:
+            raise duckdb.TransactionException("Transaction conflict (as DuckLake's COMMIT)")
+        return "done"
+
+    assert store.in_transaction(conn, write) == "done"
+    assert conn.execute("SELECT attempt FROM t").fetchall() == [(3,)]
+    monkeypatch.setattr(store, "CONFLICT_TRIES", 2)
+    attempts.clear()
+    with pytest.raises(duckdb.TransactionException):  # bounded: the conflict is raised
+        store.in_transaction(conn, write)
+    assert conn.execute("SELECT attempt FROM t").fetchall() == [(3,)]
+    with pytest.raises(ValueError):  # anything else: rolled back, not run again
+        store.in_transaction(conn, lambda: [conn.execute("DELETE FROM t"), int("x")])
+    assert conn.execute("SELECT attempt FROM t").fetchall() == [(3,)]
 
 
 def test_unset_means_the_file():

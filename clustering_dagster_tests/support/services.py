@@ -298,11 +298,15 @@ class Distributed:
     configurations, the DuckDB file, DAGSTER_HOME): Redis as the Celery broker and result backend,
     PostgreSQL holding the Dagster instance (deploy/postgres/dagster.yaml's storage), and
     `workers` Celery workers started as deploy/celery/worker.yaml says, with the broker's
-    visibility timeout cut to `redeliver_s`. Runs use CLUSTERING_EXECUTOR=celery; they are launched
+    visibility timeout cut to `redeliver_s`; with `lake`, the results in a DuckLake whose catalog
+    is in the same PostgreSQL and whose data is a folder under `root`. Runs use
+    CLUSTERING_EXECUTOR=celery; they are launched
     by the command that submits them (the default run coordinator: no daemon here)."""
 
-    def __init__(self, root: Path, workers: int = 2, redeliver_s: int = 60):
+    def __init__(self, root: Path, workers: int = 2, redeliver_s: int = 60, lake: bool = False):
         from .faults import Sandbox
+
+        self.lake = lake  # results in a DuckLake (catalog in this PostgreSQL), not one DuckDB file
 
         self.root = root
         self.box = Sandbox(root)
@@ -338,6 +342,12 @@ class Distributed:
                 "CLUSTERING_CELERY_BROKER": self.redis.url(0),
                 "CLUSTERING_CELERY_BACKEND": self.redis.url(1),
             }
+            if self.lake:
+                self.postgres.create_database("lake")
+                self.box.env |= {
+                    "CLUSTERING_DUCKLAKE": "postgres:" + self.postgres.dsn("lake"),
+                    "CLUSTERING_DUCKLAKE_DATA": str(self.root / "lake_data"),
+                }
             for i in range(self.n_workers):
                 self.start_worker(f"w{i}")
         except BaseException:
