@@ -6,7 +6,9 @@ runs; `clustering.published` points each partition's tables at one version, and 
 `clustering` show only those rows. A run publishes everything it wrote in one transaction when its
 last asset finishes (see `snapshots`), so a reader sees a partition's complete previous result or
 its complete new one. The embedding vectors, the LLM answers and the materialisation log are shared
-append-only tables that survive any failure.
+append-only tables that survive any failure. With CLUSTERING_DUCKLAKE set the same SQL runs on a
+DuckLake several machines write at once (`lake`); every write transaction goes through
+`in_transaction`, which runs it again whole when it conflicts with another writer's (in a lake).
 """
 
 import json
