@@ -1,6 +1,7 @@
 """A person's edit, checked against the partition's tree as it is now and recorded in one short
 transaction (with the curated state rewritten), or refused in one line that changes nothing."""
 
+import unicodedata
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -75,6 +76,8 @@ def _one_line(text: str, what: str, limit: int) -> str:
     text = " ".join(str(text).split())
     if not text:
         raise InputError(f"the {what} is empty")
+    if any(unicodedata.category(char) in ("Cc", "Cf") for char in text):
+        raise InputError(f"the {what} holds a control or format character: type plain text")
     if len(text) > limit:
         raise InputError(f"the {what} has {len(text)} characters; at most {limit}")
     return text
