@@ -36,6 +36,24 @@ def link_datasets(folder: Path, keys: list[str]) -> Path:
     return folder
 
 
+# The assets from the texts to the keyword tree (no map, no LLM): what most benchmarks cluster.
+TREE_ASSETS = [
+    "raw_texts",
+    "embeddings",
+    "projections",
+    "cluster_levels",
+    "cluster_labels",
+    "cluster_hierarchy",
+]
+
+
+def tree_assets(names: list[str] = TREE_ASSETS) -> list:
+    """The asset definitions named (by default the tree's)."""
+    from clustering_dagster.assets import ALL_ASSETS
+
+    return [a for a in ALL_ASSETS if a.key.to_user_string() in names]
+
+
 def materialise(
     database: Path,
     datasets: Path,

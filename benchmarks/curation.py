@@ -63,18 +63,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from benchmarks.common import LABELLED, OUT, machine, materialise
+from benchmarks.common import LABELLED, OUT, machine, materialise, tree_assets
 
 CLI = Path(sys.executable).parent / "clustering-dagster"
 RUN_CONFIG = "default"
-TREE_ASSETS = [
-    "raw_texts",
-    "embeddings",
-    "projections",
-    "cluster_levels",
-    "cluster_labels",
-    "cluster_hierarchy",
-]
 NEW_SHARE = 0.10  # texts appended before the re-clustering, of the partition's texts
 ROUND = ["rename", "tag", "flag", "merge", "move", "move_texts", "split", "undo"]
 UNDONE_IN_TURN = ["rename", "tag", "flag", "merge", "move", "move_texts", "split"]
@@ -148,10 +140,7 @@ def write_texts(datasets: Path, dataset: str, texts: pl.DataFrame) -> None:
 
 
 def cluster(database: Path, datasets: Path, dataset: str) -> dict:
-    from clustering_dagster.assets import ALL_ASSETS
-
-    assets = [a for a in ALL_ASSETS if a.key.to_user_string() in TREE_ASSETS]
-    return materialise(database, datasets, dataset, RUN_CONFIG, assets=assets)
+    return materialise(database, datasets, dataset, RUN_CONFIG, assets=tree_assets())
 
 
 def cli(database: Path, *args: str) -> tuple[object, float]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from ..config.run_config import PrivacyConfig
 from ..errors import InputError
 from ..results.reading import KEYWORD_NAMES, NamedTree, leaf_assignments, load_tree
 from ..storage.store import HIDDEN_ID, SCHEMA, Partition, shown_relation, transaction
@@ -229,11 +230,11 @@ def _no_threshold(conn, part: Partition, what: str) -> None:
         "AND run_config = ? AND asset = 'cluster_levels' ORDER BY materialized_at DESC LIMIT 1",
         [part.dataset, part.run_config],
     ).fetchone()
-    privacy = json.loads(logged[0]) if logged and logged[0] else {}
-    if privacy.get("min_conversations") or privacy.get("min_users"):
+    privacy = PrivacyConfig(**json.loads(logged[0])) if logged and logged[0] else PrivacyConfig()
+    if privacy.threshold:
         raise InputError(
             f"{what} is off under a privacy threshold ({part.run_config} folds clusters below "
-            f"{privacy.get('min_conversations')} conversations): merge or move clusters instead"
+            f"{privacy.min_conversations} conversations): merge or move clusters instead"
         )
 
 
