@@ -73,7 +73,15 @@ import numpy as np
 import polars as pl
 
 from benchmarks import scale as grown
-from benchmarks.common import OUT, REPO, machine, materialise, tree_assets
+from benchmarks.common import (
+    OUT,
+    REPO,
+    cluster_tree,
+    machine,
+    materialise,
+    tree_assets,
+    write_texts,
+)
 from benchmarks.search import QUERIES
 from clustering_dagster_tests.support.chromium import Browser, chromium
 
@@ -246,19 +254,6 @@ def store_vectors(database: Path, texts: pl.DataFrame, vectors: np.ndarray) -> N
         put_vectors(
             conn, cache_key(EmbeddingConfig()), hashes.filter(first), normalise_rows(vectors[first])
         )
-
-
-def write_texts(datasets: Path, dataset: str, texts: pl.DataFrame) -> None:
-    path = datasets / f"{dataset}.parquet"
-    texts.write_parquet(path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").rename(path)
-    (datasets / f"{dataset}.yaml").write_text(
-        "text_column: text\nid_column: id\nlabel_column: category\n"
-    )
-
-
-def cluster(database: Path, datasets: Path, dataset: str) -> dict:
-    return materialise(database, datasets, dataset, RUN_CONFIG, assets=tree_assets())
 
 
 # --- the explorer and the CLI ------------------------------------------------------------------
@@ -655,7 +650,7 @@ def run(work: Path, size: Size) -> dict:
     write_texts(datasets, dataset, texts)
     store_vectors(database, texts, vectors)
     print(f"{texts.height:,} texts and their vectors in {time.perf_counter() - stage:.0f} s")
-    first = cluster(database, datasets, dataset)
+    first = cluster_tree(database, datasets, dataset)
     print(f"clustered {dataset} in {first['seconds']:.0f} s", flush=True)
 
     checks = Checks()
@@ -680,7 +675,7 @@ def run(work: Path, size: Size) -> dict:
             )
             store_vectors(database, new, new_vectors)
             write_texts(datasets, dataset, pl.concat([texts, new]))
-            second = cluster(database, datasets, dataset)
+            second = cluster_tree(database, datasets, dataset)
             print(
                 f"appended {new.height:,} alarm texts ({topic.height} real), re-clustered in "
                 f"{second['seconds']:.0f} s",
