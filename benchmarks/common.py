@@ -7,6 +7,8 @@ import platform
 import time
 from pathlib import Path
 
+import polars as pl
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out"  # gitignored: DuckDB files kept between runs (vector cache)
 
@@ -34,6 +36,40 @@ def link_datasets(folder: Path, keys: list[str]) -> Path:
             link.symlink_to(source)
         (folder / f"{key}.yaml").write_text(spec)
     return folder
+
+
+# The assets from the texts to the keyword tree (no map, no LLM): what most benchmarks cluster.
+TREE_ASSETS = [
+    "raw_texts",
+    "embeddings",
+    "projections",
+    "cluster_levels",
+    "cluster_labels",
+    "cluster_hierarchy",
+]
+
+
+def tree_assets(names: list[str] = TREE_ASSETS) -> list:
+    """The asset definitions named (by default the tree's)."""
+    from clustering_dagster.assets import ALL_ASSETS
+
+    return [a for a in ALL_ASSETS if a.key.to_user_string() in names]
+
+
+def write_texts(datasets: Path, dataset: str, texts: pl.DataFrame) -> None:
+    """`texts` (id, text, category) as the dataset `dataset`: a Parquet file written whole
+    (renamed into place) and its YAML."""
+    path = datasets / f"{dataset}.parquet"
+    texts.write_parquet(path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").rename(path)
+    (datasets / f"{dataset}.yaml").write_text(
+        "text_column: text\nid_column: id\nlabel_column: category\n"
+    )
+
+
+def cluster_tree(database: Path, datasets: Path, dataset: str, run_config: str = "default"):
+    """`materialise` the tree's assets (TREE_ASSETS) of the partition."""
+    return materialise(database, datasets, dataset, run_config, assets=tree_assets())
 
 
 def materialise(

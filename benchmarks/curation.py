@@ -63,18 +63,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from benchmarks.common import LABELLED, OUT, machine, materialise
+from benchmarks.common import LABELLED, OUT, cluster_tree, machine, write_texts
 
 CLI = Path(sys.executable).parent / "clustering-dagster"
 RUN_CONFIG = "default"
-TREE_ASSETS = [
-    "raw_texts",
-    "embeddings",
-    "projections",
-    "cluster_levels",
-    "cluster_labels",
-    "cluster_hierarchy",
-]
 NEW_SHARE = 0.10  # texts appended before the re-clustering, of the partition's texts
 ROUND = ["rename", "tag", "flag", "merge", "move", "move_texts", "split", "undo"]
 UNDONE_IN_TURN = ["rename", "tag", "flag", "merge", "move", "move_texts", "split"]
@@ -136,22 +128,6 @@ def queries() -> pl.DataFrame:
     )
     frame = frame.unique("text", keep="first", maintain_order=True)
     return frame.sample(fraction=1.0, shuffle=True, seed=0)
-
-
-def write_texts(datasets: Path, dataset: str, texts: pl.DataFrame) -> None:
-    path = datasets / f"{dataset}.parquet"
-    texts.write_parquet(path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").rename(path)
-    (datasets / f"{dataset}.yaml").write_text(
-        "text_column: text\nid_column: id\nlabel_column: category\n"
-    )
-
-
-def cluster(database: Path, datasets: Path, dataset: str) -> dict:
-    from clustering_dagster.assets import ALL_ASSETS
-
-    assets = [a for a in ALL_ASSETS if a.key.to_user_string() in TREE_ASSETS]
-    return materialise(database, datasets, dataset, RUN_CONFIG, assets=assets)
 
 
 def cli(database: Path, *args: str) -> tuple[object, float]:
@@ -701,7 +677,7 @@ def run(work: Path, size: Size) -> dict:
     new_texts = round(NEW_SHARE * size.texts)
     texts, extra = pool.head(size.texts), pool.slice(size.texts, new_texts)
     write_texts(datasets, dataset, texts)
-    first = cluster(database, datasets, dataset)
+    first = cluster_tree(database, datasets, dataset)
     print(f"clustered {texts.height:,} Banking77 queries in {first['seconds']:.0f} s", flush=True)
     from clustering_dagster.core.results.reading import read_only
 
@@ -727,7 +703,7 @@ def run(work: Path, size: Size) -> dict:
     with_edits = time.perf_counter()
 
     write_texts(datasets, dataset, pl.concat([texts, extra]))
-    second = cluster(database, datasets, dataset)
+    second = cluster_tree(database, datasets, dataset)
     print(
         f"appended {extra.height:,} other queries, re-clustered in {second['seconds']:.0f} s",
         flush=True,

@@ -73,21 +73,21 @@ import numpy as np
 import polars as pl
 
 from benchmarks import scale as grown
-from benchmarks.common import OUT, REPO, machine, materialise
+from benchmarks.common import (
+    OUT,
+    REPO,
+    cluster_tree,
+    machine,
+    materialise,
+    tree_assets,
+    write_texts,
+)
 from benchmarks.search import QUERIES
 from clustering_dagster_tests.support.chromium import Browser, chromium
 
 CLI = Path(sys.executable).parent / "clustering-dagster"
 IMAGES = REPO / "docs" / "images"
 RUN_CONFIG = "default"
-TREE_ASSETS = [
-    "raw_texts",
-    "embeddings",
-    "projections",
-    "cluster_levels",
-    "cluster_labels",
-    "cluster_hierarchy",
-]
 PLANTED_SHARE = 0.10  # new texts appended, of the partition's texts
 SEARCH_HITS = 20  # the search page's text hits
 PER_PAGE = 50  # texts on a cluster page
@@ -169,12 +169,6 @@ MAP_TARGET = """(() => {
 # --- the data --------------------------------------------------------------------------------
 
 
-def _assets(names: list[str]) -> list:
-    from clustering_dagster.assets import ALL_ASSETS
-
-    return [a for a in ALL_ASSETS if a.key.to_user_string() in names]
-
-
 def base_texts(work: Path, size: Size) -> tuple[pl.DataFrame, np.ndarray]:
     """`benchmarks.scale`'s dataset of `size.texts` texts (built by its builder unless there):
     (id, text, category) and the vectors."""
@@ -208,7 +202,9 @@ def topic_texts(work: Path, n: int | None) -> tuple[pl.DataFrame, np.ndarray]:
     alarms.select("text", category="intent").write_csv(folder / "alarms.csv")
     (folder / "alarms.yaml").write_text("label_column: category\n")
     database = work / "explorer_topic.duckdb"
-    materialise(database, folder, "alarms", RUN_CONFIG, assets=_assets(["raw_texts", "embeddings"]))
+    materialise(
+        database, folder, "alarms", RUN_CONFIG, assets=tree_assets(["raw_texts", "embeddings"])
+    )
     with connect(database) as conn:
         rows, vectors = partition_vectors(conn, Partition("alarms", RUN_CONFIG))
         truth = conn.execute(
@@ -258,19 +254,6 @@ def store_vectors(database: Path, texts: pl.DataFrame, vectors: np.ndarray) -> N
         put_vectors(
             conn, cache_key(EmbeddingConfig()), hashes.filter(first), normalise_rows(vectors[first])
         )
-
-
-def write_texts(datasets: Path, dataset: str, texts: pl.DataFrame) -> None:
-    path = datasets / f"{dataset}.parquet"
-    texts.write_parquet(path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").rename(path)
-    (datasets / f"{dataset}.yaml").write_text(
-        "text_column: text\nid_column: id\nlabel_column: category\n"
-    )
-
-
-def cluster(database: Path, datasets: Path, dataset: str) -> dict:
-    return materialise(database, datasets, dataset, RUN_CONFIG, assets=_assets(TREE_ASSETS))
 
 
 # --- the explorer and the CLI ------------------------------------------------------------------
@@ -667,7 +650,7 @@ def run(work: Path, size: Size) -> dict:
     write_texts(datasets, dataset, texts)
     store_vectors(database, texts, vectors)
     print(f"{texts.height:,} texts and their vectors in {time.perf_counter() - stage:.0f} s")
-    first = cluster(database, datasets, dataset)
+    first = cluster_tree(database, datasets, dataset)
     print(f"clustered {dataset} in {first['seconds']:.0f} s", flush=True)
 
     checks = Checks()
@@ -692,7 +675,7 @@ def run(work: Path, size: Size) -> dict:
             )
             store_vectors(database, new, new_vectors)
             write_texts(datasets, dataset, pl.concat([texts, new]))
-            second = cluster(database, datasets, dataset)
+            second = cluster_tree(database, datasets, dataset)
             print(
                 f"appended {new.height:,} alarm texts ({topic.height} real), re-clustered in "
                 f"{second['seconds']:.0f} s",

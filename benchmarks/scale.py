@@ -50,20 +50,13 @@ from benchmarks.common import (
     machine,
     materialise,
     published_levels,
+    tree_assets,
 )
 
 # In OUT (kept between runs: Banking77's MiniLM vectors are embedded once), or a temporary folder
 SOURCE = "scale_source.duckdb"
 DATASETS = "scale_datasets"
 CONFIGS = "scale_run_configs.yaml"
-ASSETS = [
-    "raw_texts",
-    "embeddings",
-    "projections",
-    "cluster_levels",
-    "cluster_labels",
-    "cluster_hierarchy",
-]
 SIZES = [10_000, 100_000, 1_000_000]
 NOISE = 0.02
 LARGE_N_SAMPLE = 5_000
@@ -91,7 +84,7 @@ def banking77(work: Path = OUT, n: int | None = None) -> tuple[pl.DataFrame, np.
         (folder / "banking77.yaml").write_text(spec)
     database = work / SOURCE
     materialise(
-        database, folder, "banking77", "default", assets=_assets(["raw_texts", "embeddings"])
+        database, folder, "banking77", "default", assets=tree_assets(["raw_texts", "embeddings"])
     )
     with connect(database) as conn:
         rows, vectors = partition_vectors(conn, Partition("banking77", "default"))
@@ -100,12 +93,6 @@ def banking77(work: Path = OUT, n: int | None = None) -> tuple[pl.DataFrame, np.
             "AND run_config = 'default' ORDER BY row_idx"
         ).pl()
     return rows.select("text", category=truth["ground_truth"]), vectors
-
-
-def _assets(names: list[str]) -> list:
-    from clustering_dagster.assets import ALL_ASSETS
-
-    return [a for a in ALL_ASSETS if a.key.to_user_string() in names]
 
 
 def write_dataset(
@@ -206,7 +193,7 @@ def one(dataset: str, run_config: str, database: Path, work: Path) -> None:
     os.environ["CLUSTERING_RUN_CONFIGS"] = str(configs)
     for stale in (database, database.with_suffix(".duckdb.wal")):
         stale.unlink(missing_ok=True)
-    result = materialise(database, work / DATASETS, dataset, run_config, configs, _assets(ASSETS))
+    result = materialise(database, work / DATASETS, dataset, run_config, configs, tree_assets())
     stages = {
         name: meta.get("projection_seconds", meta.get("embedding_seconds"))
         for name, meta in result["assets"].items()
@@ -270,7 +257,7 @@ def encode_overhead(
         bare.append(time.perf_counter() - began)
         database.unlink(missing_ok=True)
         result = materialise(
-            database, folder, "encode", "default", assets=_assets(["raw_texts", "embeddings"])
+            database, folder, "encode", "default", assets=tree_assets(["raw_texts", "embeddings"])
         )
         pipeline.append(result["assets"]["embeddings"]["embedding_seconds"])
         print(f"encode round: bare {bare[-1]:.1f} s, pipeline {pipeline[-1]:.1f} s", flush=True)

@@ -809,3 +809,56 @@ def test_an_llm_naming_the_clusters_is_shown_no_folded_conversation(private, hid
     assert any(n["level_name"].startswith("parent_") for n in nodes)  # the LLM's merged tree
     assert all(n["size"] >= MIN_CONVERSATIONS for n in nodes if n["cluster_id"] != HIDDEN_ID)
     assert_nothing_shown("the LLM-named tree", flat(nodes), private.built, hidden)
+
+
+def test_people_may_rename_and_merge_but_not_pick_texts_into_clusters_under_a_threshold(
+    private, tmp_path
+):
+    """Under a privacy threshold a split or a text move would show a cluster of a few chosen
+    conversations: both are refused in one line; renames and merges keep every shown cluster at
+    or above the threshold (the exposure check reads the curated tree too)."""
+    database = tmp_path / "copy.duckdb"
+    database.write_bytes(private.db.read_bytes())
+
+    def curate(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(CLI), "--db", str(database), "curate", *args, "-r", "private"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    tree = json.loads(
+        subprocess.run(
+            [str(CLI), "--db", str(database), "tree", DATASET, "-r", "private", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout  # fmt: skip
+    )
+    finest = max(n["level"] for n in tree)
+    first, second = [n["node_id"] for n in tree if n["level"] == finest and n["cluster_id"] >= 0][
+        :2
+    ]
+    text_id = private.sql(
+        "SELECT t.text_id FROM clustering.texts t JOIN clustering.assignments a "
+        "USING (dataset, run_config, row_idx) WHERE t.dataset = ? AND t.run_config = ? "
+        "AND a.level = ? AND a.cluster_id = ? LIMIT 1",
+        [*private.where(), finest, int(first.split("/")[1])],
+    )["text_id"][0]
+    for args in (["split", DATASET, first, text_id, "--name", "x"],
+                 ["move-texts", DATASET, text_id, "--to", second]):  # fmt: skip
+        done = curate(*args)
+        assert done.returncode == 1 and "is off under a privacy threshold" in done.stderr
+    assert curate("rename", DATASET, first, "Payments").returncode == 0
+    assert curate("merge", DATASET, first, second).returncode == 0
+    with connect(database) as conn:
+        privacy = PrivacyConfig(min_conversations=MIN_CONVERSATIONS, min_users=MIN_USERS)
+        assert exposures(conn, Partition(*private.where()), privacy) == {
+            "small_clusters": 0,
+            "few_user_clusters": 0,
+            "hidden_texts_shown": 0,
+        }
+        shown = conn.execute(
+            "SELECT count(*) FROM clustering.curated_hierarchy WHERE dataset = ? AND name = ?",
+            [DATASET, "Payments"],
+        ).fetchone()[0]
+    assert shown >= 1

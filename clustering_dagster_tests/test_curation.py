@@ -156,6 +156,8 @@ def test_bad_edits_are_one_line_and_change_nothing(copy):
     bad = [
         (["rename", "bank", "fine/99999", "x"], "no cluster 'fine/99999'"),
         (["rename", "bank", leaf["node_id"], "   "], "the name is empty"),
+        (["rename", "bank", leaf["node_id"], "a\x1b[31mb"], "holds a control or format character"),
+        (["tag", "bank", leaf["node_id"], "x" * 61], "the tag has 61 characters; at most 60"),
         (["merge", "bank", leaf["node_id"], leaf["node_id"]], "cannot be merged into itself"),
         (["split", "bank", leaf["node_id"], text, "--name", "x"], "is not in"),
         (["move-texts", "bank", "nope:1", "--to", leaf["node_id"]], "no text with id 'nope:1'"),

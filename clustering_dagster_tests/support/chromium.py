@@ -133,7 +133,10 @@ class Browser:
 
     def __enter__(self) -> Page:
         self._cleanup = contextlib.ExitStack()
-        profile = Path(self._cleanup.enter_context(tempfile.TemporaryDirectory()))
+        # Chromium's helper processes may still write to the profile while it is removed
+        profile = Path(
+            self._cleanup.enter_context(tempfile.TemporaryDirectory(ignore_cleanup_errors=True))
+        )
         self._log = profile / "stderr.log"
         with self._log.open("w") as log:
             self._process = subprocess.Popen(

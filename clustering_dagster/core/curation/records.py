@@ -14,6 +14,15 @@ def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def insert_rows(conn, frame: pl.DataFrame, insert: str, params: list) -> None:
+    """Run `insert`, which reads `frame` as the table `_rows`."""
+    conn.register("_rows", frame.to_arrow())
+    try:
+        conn.execute(insert, params)
+    finally:
+        conn.unregister("_rows")
+
+
 def read_edits(conn, part: Partition) -> list[Edit]:
     """Every edit of the partition, undos included, in the order they were made."""
     rows = conn.execute(
@@ -75,15 +84,12 @@ def write_edit(
     for role, hashes in (("moved", moved), ("member", members)):
         if hashes is None or hashes.len() == 0:
             continue
-        frame = pl.DataFrame({"text_hash": hashes.unique().sort()})
-        conn.register("_edit_texts", frame.to_arrow())
-        try:
-            conn.execute(
-                f"INSERT INTO {SCHEMA}.edit_texts SELECT ?, ?, text_hash FROM _edit_texts",
-                [edit.edit_id, role],
-            )
-        finally:
-            conn.unregister("_edit_texts")
+        insert_rows(
+            conn,
+            pl.DataFrame({"text_hash": hashes.unique().sort()}),
+            f"INSERT INTO {SCHEMA}.edit_texts SELECT ?, ?, text_hash FROM _rows",
+            [edit.edit_id, role],
+        )
 
 
 def write_status(conn, part: Partition, version: str, status: pl.DataFrame) -> None:
@@ -93,15 +99,13 @@ def write_status(conn, part: Partition, version: str, status: pl.DataFrame) -> N
         f"DELETE FROM {SCHEMA}.edit_status WHERE dataset = ? AND run_config = ? AND version = ?",
         [part.dataset, part.run_config, version],
     )
-    conn.register("_status", status.to_arrow())
-    try:
-        conn.execute(
-            f"INSERT INTO {SCHEMA}.edit_status SELECT ?, ?, ?, edit_id, status, reason, "
-            "holders::JSON, ? FROM _status",
-            [part.dataset, part.run_config, version, now()],
-        )
-    finally:
-        conn.unregister("_status")
+    insert_rows(
+        conn,
+        status,
+        f"INSERT INTO {SCHEMA}.edit_status SELECT ?, ?, ?, edit_id, status, reason, "
+        "holders::JSON, ? FROM _rows",
+        [part.dataset, part.run_config, version, now()],
+    )
 
 
 def latest_status(conn, part: Partition) -> pl.DataFrame:

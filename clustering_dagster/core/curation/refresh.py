@@ -11,7 +11,7 @@ from ..results.reading import KEYWORD_NAMES, machine_nodes, summary_aliases
 from ..storage.store import SCHEMA, Partition, relation, visible_version
 from .apply import Curated, apply_edits
 from .edits import Edit, active
-from .records import read_edits, write_status
+from .records import insert_rows, read_edits, write_status
 
 HOLDERS = 5  # clusters listed where an edit's texts are now
 
@@ -51,28 +51,23 @@ def finest_texts(conn, part: Partition) -> pl.DataFrame:
 
 
 def _write_tree(conn, part: Partition, alias: str, version: str, nodes: pl.DataFrame) -> None:
-    conn.register("_curated", nodes.to_arrow())
-    try:
-        conn.execute(
-            f"INSERT INTO {SCHEMA}.curated_hierarchy BY NAME "
-            "SELECT ? AS dataset, ? AS run_config, ? AS alias, ? AS version, * FROM _curated",
-            [part.dataset, part.run_config, alias, version],
-        )
-    finally:
-        conn.unregister("_curated")
+    insert_rows(
+        conn,
+        nodes,
+        f"INSERT INTO {SCHEMA}.curated_hierarchy BY NAME "
+        "SELECT ? AS dataset, ? AS run_config, ? AS alias, ? AS version, * FROM _rows",
+        [part.dataset, part.run_config, alias, version],
+    )
 
 
 def _write_moves(conn, part, version: str, nodes: pl.DataFrame, curated: Curated) -> None:
     finest = nodes.filter(pl.col("level") == pl.col("level").max())["level_name"][0]
-    conn.register("_moved", curated.moved.to_arrow())
-    try:
-        conn.execute(
-            f"INSERT INTO {SCHEMA}.curated_moves SELECT ?, ?, ?, ?, row_idx, cluster_id "
-            "FROM _moved",
-            [part.dataset, part.run_config, version, finest],
-        )
-    finally:
-        conn.unregister("_moved")
+    insert_rows(
+        conn,
+        curated.moved,
+        f"INSERT INTO {SCHEMA}.curated_moves SELECT ?, ?, ?, ?, row_idx, cluster_id FROM _rows",
+        [part.dataset, part.run_config, version, finest],
+    )
 
 
 def _status(conn, part: Partition, edits: list[Edit], curated: Curated) -> pl.DataFrame:

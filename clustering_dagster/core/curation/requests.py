@@ -1,14 +1,17 @@
 """A person's edit, checked against the partition's tree as it is now and recorded in one short
 transaction (with the curated state rewritten), or refused in one line that changes nothing."""
 
+import json
+import unicodedata
 from dataclasses import dataclass, field
 
 import polars as pl
 
+from ..config.run_config import PrivacyConfig
 from ..errors import InputError
 from ..results.reading import KEYWORD_NAMES, NamedTree, leaf_assignments, load_tree
 from ..storage.lake import claim
-from ..storage.store import HIDDEN_ID, Partition, in_transaction, shown_relation
+from ..storage.store import HIDDEN_ID, SCHEMA, Partition, in_transaction, shown_relation
 from ..storage.store import visible_version as published
 from .edits import KINDS, Edit
 from .records import next_edit_id, now, read_edits, write_edit
@@ -81,6 +84,8 @@ def _one_line(text: str, what: str, limit: int) -> str:
     text = " ".join(str(text).split())
     if not text:
         raise InputError(f"the {what} is empty")
+    if any(unicodedata.category(char) in ("Cc", "Cf") for char in text):
+        raise InputError(f"the {what} holds a control or format character: type plain text")
     if len(text) > limit:
         raise InputError(f"the {what} has {len(text)} characters; at most {limit}")
     return text
@@ -223,7 +228,24 @@ def _move(conn, tree, request, _):
     return value, node["level_name"], node["cluster_id"], None, members
 
 
+def _no_threshold(conn, part: Partition, what: str) -> None:
+    """Texts chosen one by one may not make clusters of a partition under a privacy threshold:
+    a cluster of a few picked conversations would show what the threshold hides."""
+    logged = conn.execute(
+        f"SELECT params->'privacy' FROM {SCHEMA}.materializations WHERE dataset = ? "
+        "AND run_config = ? AND asset = 'cluster_levels' ORDER BY materialized_at DESC LIMIT 1",
+        [part.dataset, part.run_config],
+    ).fetchone()
+    privacy = PrivacyConfig(**json.loads(logged[0])) if logged and logged[0] else PrivacyConfig()
+    if privacy.threshold:
+        raise InputError(
+            f"{what} is off under a privacy threshold ({part.run_config} folds clusters below "
+            f"{privacy.min_conversations} conversations): merge or move clusters instead"
+        )
+
+
 def _move_texts(conn, tree, request, _):
+    _no_threshold(conn, tree.part, "move-texts")
     node = _node(tree, request.node_id)
     _finest(tree, node, "move-texts")
     texts = _texts(conn, tree, request.text_ids)
@@ -231,6 +253,7 @@ def _move_texts(conn, tree, request, _):
 
 
 def _split(conn, tree, request, _):
+    _no_threshold(conn, tree.part, "split")
     node = _node(tree, request.node_id)
     _finest(tree, node, "split")
     name = _one_line(request.value.get("name", ""), "name of the new cluster", MAX_NAME)

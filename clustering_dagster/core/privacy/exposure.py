@@ -4,8 +4,10 @@ below it is exposed, for the asset check and the benchmarks."""
 from ..config.run_config import PrivacyConfig
 from ..storage.store import HIDDEN_ID, SCHEMA, Partition, relation
 
-# Views with one row per cluster and its size.
-CLUSTER_VIEWS = ("hierarchy", "merged_hierarchy", "cluster_labels", "cluster_summaries")
+# Views with one row per cluster and its size (curated_hierarchy: people's edits applied; a node
+# they emptied has 0 texts and shows none).
+CLUSTER_VIEWS = ("hierarchy", "merged_hierarchy", "cluster_labels", "cluster_summaries",
+                 "curated_hierarchy")  # fmt: skip
 
 
 def exposures(conn, part: Partition, privacy: PrivacyConfig) -> dict[str, int]:
@@ -24,7 +26,7 @@ def exposures(conn, part: Partition, privacy: PrivacyConfig) -> dict[str, int]:
     )
     small = conn.execute(
         f"SELECT count(*) FROM ({sized} UNION ALL {counted}) "
-        f"WHERE cluster_id <> {HIDDEN_ID} AND size < $least",
+        f"WHERE cluster_id <> {HIDDEN_ID} AND size BETWEEN 1 AND $least - 1",
         where | {"least": privacy.min_conversations},
     ).fetchone()[0]
     users = relation(conn, "private_rows", part, required=False)

@@ -268,12 +268,19 @@ def summary_aliases(conn, part: Partition) -> dict[str, bool]:
     }
 
 
-def machine_nodes(conn, part: Partition, alias: str | None = None) -> tuple[str, pl.DataFrame]:
-    """The alias and the machine's tree (`TREE_COLUMNS`) it names: by default an LLM alias's
-    names (the first by name) when one exists, else the keyword labels of `hierarchy`."""
-    aliases = summary_aliases(conn, part)
+def _chosen_alias(part: Partition, aliases: dict[str, bool], alias: str | None) -> str:
+    """`alias`, or by default an LLM alias (the first by name) when one exists, else the keyword
+    labels; an unknown alias is an error listing the known ones."""
     if alias is None:
-        alias = next((a for a, by_llm in aliases.items() if by_llm), KEYWORD_NAMES)
+        return next((a for a, by_llm in aliases.items() if by_llm), KEYWORD_NAMES)
+    if alias != KEYWORD_NAMES and alias not in aliases:
+        raise InputError(
+            f"no alias {alias!r} in {part} (aliases: {', '.join(aliases) or KEYWORD_NAMES})"
+        )
+    return alias
+
+
+def _machine_tree(conn, part: Partition, alias: str, aliases: dict[str, bool]) -> pl.DataFrame:
     if alias == KEYWORD_NAMES and not aliases.get(KEYWORD_NAMES):
         nodes = read_partition(
             conn,
@@ -283,39 +290,51 @@ def machine_nodes(conn, part: Partition, alias: str | None = None) -> tuple[str,
             f"CASE WHEN cluster_id = {HIDDEN_ID} THEN 'privacy' ELSE 'hdbscan' END AS method",
             "position",
         )
-    elif alias in aliases:
+    else:
         nodes = read_partition(conn, "merged_hierarchy", part, "*, title AS name", "position")
         nodes = nodes.filter(pl.col("alias") == alias)
-    else:
-        raise InputError(
-            f"no alias {alias!r} in {part} (aliases: {', '.join(aliases) or KEYWORD_NAMES})"
-        )
-    return alias, nodes.select(TREE_COLUMNS)
+    return nodes.select(TREE_COLUMNS)
+
+
+def machine_nodes(conn, part: Partition, alias: str | None = None) -> tuple[str, pl.DataFrame]:
+    """The alias (see `_chosen_alias`) and the machine's tree (`TREE_COLUMNS`) it names."""
+    aliases = summary_aliases(conn, part)
+    alias = _chosen_alias(part, aliases, alias)
+    return alias, _machine_tree(conn, part, alias, aliases)
+
+
+def _curated_tree(conn, part: Partition, alias: str) -> NamedTree | None:
+    """The tree with people's edits as the last edit or publication left it (None: never
+    edited, or a file older than curation, opened read-only)."""
+    where = [part.dataset, part.run_config]
+    try:
+        curated = conn.execute(
+            f"SELECT {', '.join(TREE_COLUMNS + list(CURATION_SCHEMA))} "
+            f"FROM {SCHEMA}.curated_hierarchy WHERE dataset = ? AND run_config = ? "
+            "AND alias = ? ORDER BY position",
+            [*where, alias],
+        ).pl()
+    except duckdb.CatalogException:
+        return None
+    if curated.height == 0:
+        return None
+    moved = conn.execute(
+        f"SELECT row_idx, cluster_id FROM {SCHEMA}.curated_moves "
+        "WHERE dataset = ? AND run_config = ? ORDER BY row_idx",
+        where,
+    ).pl()
+    return NamedTree(part, alias, curated, moved.cast(MOVED_SCHEMA))
 
 
 def load_tree(conn, part: Partition, alias: str | None = None) -> NamedTree:
-    """The tree named by `alias` (see `machine_nodes`) with people's edits applied (as the last
-    edit or publication left them in `curated_hierarchy`; inside a run, the machine's tree)."""
-    alias, nodes = machine_nodes(conn, part, alias)
-    if part.version is None:
-        try:
-            where = [part.dataset, part.run_config, alias]
-            curated = conn.execute(
-                f"SELECT {', '.join(TREE_COLUMNS + list(CURATION_SCHEMA))} "
-                f"FROM {SCHEMA}.curated_hierarchy WHERE dataset = ? AND run_config = ? "
-                "AND alias = ? ORDER BY position",
-                where,
-            ).pl()
-            moved = conn.execute(
-                f"SELECT row_idx, cluster_id FROM {SCHEMA}.curated_moves "
-                "WHERE dataset = ? AND run_config = ? ORDER BY row_idx",
-                where[:2],
-            ).pl()
-        except duckdb.CatalogException:  # a file older than curation, read-only
-            curated = None
-        if curated is not None and curated.height:
-            return NamedTree(part, alias, curated, moved.cast(MOVED_SCHEMA))
-    return NamedTree(part, alias, machine_tree(nodes))
+    """The tree named by `alias` (see `_chosen_alias`) with people's edits applied (inside a
+    run: the machine's tree); the machine's tree is read only when nobody edited it."""
+    aliases = summary_aliases(conn, part)
+    alias = _chosen_alias(part, aliases, alias)
+    curated = None if part.version is not None else _curated_tree(conn, part, alias)
+    if curated is not None:
+        return curated
+    return NamedTree(part, alias, machine_tree(_machine_tree(conn, part, alias, aliases)))
 
 
 def leaf_assignments(conn, tree: NamedTree) -> str:
