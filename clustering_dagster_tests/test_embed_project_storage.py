@@ -3,8 +3,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from clustering_dagster.core.config.run_config import EmbeddingConfig, ProjectionConfig
+from clustering_dagster.core.config.run_config import (
+    EmbeddingConfig,
+    ProjectionConfig,
+    load_run_configs,
+)
 from clustering_dagster.core.embedding.embed import make_encoder, normalise_rows
+from clustering_dagster.core.projection.neighbourhood import resolved_projection
 from clustering_dagster.core.projection.project import neighbours, project
 from clustering_dagster.core.storage.store import (
     SCHEMA,
@@ -17,6 +22,7 @@ from clustering_dagster.core.storage.store import (
 )
 
 from .support.openai_server import EMBEDDING_DIM, OpenAICompatibleServer
+from .support.paths import REPO
 
 
 def test_packaged_minilm_embeds_offline_and_puts_paraphrases_close():
@@ -65,6 +71,27 @@ def test_projection_shapes_and_small_input_fallback():
     assert tiny.method == "pca" and tiny.cluster_space.shape == (3, 5)
     single = project(vectors[:1].astype(np.float32), ProjectionConfig())
     assert single.map_2d.shape == (1, 2)
+    with pytest.raises(ValueError, match="resolve it first"):
+        project(vectors.astype(np.float32), ProjectionConfig())
+
+
+def test_auto_neighbours_follow_the_finest_levels_minimum_size_within_10_to_30():
+    """UMAP's neighbourhood is about the smallest cluster the finest level looks for: on small
+    data (a 0.55% share of the texts) fewer neighbours, from 5,500 texts on and on a million
+    texts' sample (the cap of 60 texts) 30; a number given is kept; KMeans: texts per cluster."""
+    configs = load_run_configs(REPO / "data" / "run_configs.yaml")
+    default = configs["default"]
+    assert default.projection.n_neighbors == "auto"
+    chosen = {n: resolved_projection(default, n).n_neighbors for n in (300, 1_000, 3_000, 4_000)}
+    assert chosen == {300: 10, 1_000: 10, 3_000: 16, 4_000: 22}
+    for n in (5_500, 13_083, 25_001, 1_000_000):
+        assert resolved_projection(default, n).n_neighbors == 30
+    given = default.projection.model_copy(update={"n_neighbors": 12})
+    assert (
+        resolved_projection(default.model_copy(update={"projection": given}), 10**6).n_neighbors
+        == 12
+    )
+    assert resolved_projection(configs["kmeans"], 1_540).n_neighbors == 19  # 1,540 texts / k 80
 
 
 def test_approximate_neighbours_for_large_inputs_agree_with_exact_ones():

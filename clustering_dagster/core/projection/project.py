@@ -125,6 +125,10 @@ def project(vectors: np.ndarray, config: ProjectionConfig) -> Projection:
     `config.fit_sample` points, beyond that UMAP on a random sample and the rest placed by it."""
     if len(vectors) < MIN_POINTS_FOR_UMAP:
         return _small_projection(vectors, config)
+    if config.n_neighbors == "auto":
+        raise ValueError(
+            "n_neighbors is auto: resolve it first (neighbourhood.resolved_projection)"
+        )
     import umap
 
     n = len(vectors)
