@@ -1,3 +1,7 @@
+import json
+import subprocess
+import sys
+
 import duckdb
 import numpy as np
 import polars as pl
@@ -73,6 +77,39 @@ def test_projection_shapes_and_small_input_fallback():
     assert single.map_2d.shape == (1, 2)
     with pytest.raises(ValueError, match="resolve it first"):
         project(vectors.astype(np.float32), ProjectionConfig())
+
+
+FRESH_PROCESS_FIT = """
+import importlib, json
+import numpy as np
+from clustering_dagster.core.config.run_config import ProjectionConfig
+from clustering_dagster.core.projection.project import UNCACHED_KERNELS, project
+points = np.random.default_rng(0).normal(size=(200, 20)).astype(np.float32)
+project(points, ProjectionConfig(n_neighbors=10))
+kernels = [getattr(importlib.import_module(m), n) for m, names in UNCACHED_KERNELS.items()
+           for n in names]
+print(json.dumps({k.py_func.__name__: [sum(k.stats.cache_hits.values()),
+                  sum(k.stats.cache_misses.values())] for k in kernels}))
+"""
+
+
+def test_a_fresh_process_loads_umaps_kernels_from_numbas_disk_cache():
+    """The kernels umap-learn compiles in every process: the second of two fresh processes finds
+    the ones it runs (the layout: the parallel one, UMAP unseeded) compiled on disk."""
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", FRESH_PROCESS_FIT], capture_output=True, text=True, check=True
+        )
+        for _ in range(2)
+    ]
+    hits_misses = json.loads(runs[1].stdout.strip().splitlines()[-1])
+    used = {name: hm for name, hm in hits_misses.items() if sum(hm)}
+    assert set(used) == {
+        "smooth_knn_dist",
+        "compute_membership_strengths",
+        "_nb_optimize_layout_euclidean_single_epoch_parallel",
+    }
+    assert all(misses == 0 and hits >= 1 for hits, misses in used.values()), used
 
 
 def test_auto_neighbours_follow_the_finest_levels_minimum_size_within_10_to_30():
