@@ -34,6 +34,7 @@ from clustering_dagster.core.clustering.evaluate import agreement
 from clustering_dagster.core.config.run_config import load_run_configs
 from clustering_dagster.core.embedding.embed import normalise_rows
 from clustering_dagster.core.projection import project as projection
+from clustering_dagster.core.projection.neighbourhood import resolved_projection
 
 VARIANTS = ["all", "large_n", "no_representatives", "hdbscan_on_placed", "sampled_hdbscan"]
 
@@ -54,8 +55,11 @@ def main() -> None:
     truth = texts["category"].to_numpy()
     default = load_run_configs(REPO / "data" / "run_configs.yaml")["default"]
     fine = [default.levels[-1]]
-    everything = default.projection
-    sampled = everything.model_copy(update={"fit_sample": args.sample})
+    everything = resolved_projection(default, len(vectors))
+    with_sample = default.projection.model_copy(update={"fit_sample": args.sample})
+    sampled = resolved_projection(
+        default.model_copy(update={"projection": with_sample}), len(vectors)
+    )
 
     def nmi(space, fitted=None) -> float:
         labels = fit_levels(space, vectors, fine, None, fitted)[0].labels

@@ -1,10 +1,19 @@
+import json
+import subprocess
+import sys
+
 import duckdb
 import numpy as np
 import polars as pl
 import pytest
 
-from clustering_dagster.core.config.run_config import EmbeddingConfig, ProjectionConfig
+from clustering_dagster.core.config.run_config import (
+    EmbeddingConfig,
+    ProjectionConfig,
+    load_run_configs,
+)
 from clustering_dagster.core.embedding.embed import make_encoder, normalise_rows
+from clustering_dagster.core.projection.neighbourhood import resolved_projection
 from clustering_dagster.core.projection.project import neighbours, project
 from clustering_dagster.core.storage.store import (
     SCHEMA,
@@ -17,6 +26,7 @@ from clustering_dagster.core.storage.store import (
 )
 
 from .support.openai_server import EMBEDDING_DIM, OpenAICompatibleServer
+from .support.paths import REPO
 
 
 def test_packaged_minilm_embeds_offline_and_puts_paraphrases_close():
@@ -65,6 +75,60 @@ def test_projection_shapes_and_small_input_fallback():
     assert tiny.method == "pca" and tiny.cluster_space.shape == (3, 5)
     single = project(vectors[:1].astype(np.float32), ProjectionConfig())
     assert single.map_2d.shape == (1, 2)
+    with pytest.raises(ValueError, match="resolve it first"):
+        project(vectors.astype(np.float32), ProjectionConfig())
+
+
+FRESH_PROCESS_FIT = """
+import importlib, json
+import numpy as np
+from clustering_dagster.core.config.run_config import ProjectionConfig
+from clustering_dagster.core.projection.project import UNCACHED_KERNELS, project
+points = np.random.default_rng(0).normal(size=(200, 20)).astype(np.float32)
+project(points, ProjectionConfig(n_neighbors=10))
+kernels = [getattr(importlib.import_module(m), n) for m, names in UNCACHED_KERNELS.items()
+           for n in names]
+print(json.dumps({k.py_func.__name__: [sum(k.stats.cache_hits.values()),
+                  sum(k.stats.cache_misses.values())] for k in kernels}))
+"""
+
+
+def test_a_fresh_process_loads_umaps_kernels_from_numbas_disk_cache():
+    """The kernels umap-learn compiles in every process: the second of two fresh processes finds
+    the ones it runs (the layout: the parallel one, UMAP unseeded) compiled on disk."""
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", FRESH_PROCESS_FIT], capture_output=True, text=True, check=True
+        )
+        for _ in range(2)
+    ]
+    hits_misses = json.loads(runs[1].stdout.strip().splitlines()[-1])
+    used = {name: hm for name, hm in hits_misses.items() if sum(hm)}
+    assert set(used) == {
+        "smooth_knn_dist",
+        "compute_membership_strengths",
+        "_nb_optimize_layout_euclidean_single_epoch_parallel",
+    }
+    assert all(misses == 0 and hits >= 1 for hits, misses in used.values()), used
+
+
+def test_auto_neighbours_follow_the_finest_levels_minimum_size_within_10_to_30():
+    """UMAP's neighbourhood is about the smallest cluster the finest level looks for: on small
+    data (a 0.55% share of the texts) fewer neighbours, from 5,500 texts on and on a million
+    texts' sample (the cap of 60 texts) 30; a number given is kept; KMeans: texts per cluster."""
+    configs = load_run_configs(REPO / "data" / "run_configs.yaml")
+    default = configs["default"]
+    assert default.projection.n_neighbors == "auto"
+    chosen = {n: resolved_projection(default, n).n_neighbors for n in (300, 1_000, 3_000, 4_000)}
+    assert chosen == {300: 10, 1_000: 10, 3_000: 16, 4_000: 22}
+    for n in (5_500, 13_083, 25_001, 1_000_000):
+        assert resolved_projection(default, n).n_neighbors == 30
+    given = default.projection.model_copy(update={"n_neighbors": 12})
+    assert (
+        resolved_projection(default.model_copy(update={"projection": given}), 10**6).n_neighbors
+        == 12
+    )
+    assert resolved_projection(configs["kmeans"], 1_540).n_neighbors == 19  # 1,540 texts / k 80
 
 
 def test_approximate_neighbours_for_large_inputs_agree_with_exact_ones():

@@ -39,7 +39,7 @@ def embed_and_cluster(texts: list[str]):
     """Unit embeddings of the texts, their cluster space (UMAP seeded) and the explicit levels
     fitted on them."""
     vectors = normalise_rows(make_encoder(EmbeddingConfig())(texts))
-    space = project(vectors, ProjectionConfig(random_state=0)).cluster_space
+    space = project(vectors, ProjectionConfig(n_neighbors=30, random_state=0)).cluster_space
     return vectors, space, fit_levels(space, vectors, EXPLICIT_LEVELS, seed=0)
 
 

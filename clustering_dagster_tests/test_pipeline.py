@@ -78,13 +78,20 @@ def test_rerun_embeds_only_new_texts_and_reuses_unchanged_projections(workspace)
     assert embedded["from_cache"] == queries.height
     assert metadata(result, "projections")["method"] == "umap"  # the texts changed
 
-    # only the levels change: the projection is reused, the clustering is redone
-    workspace.write_configs("default:\n  levels:\n    - {name: only, method: kmeans, k: 4}\n")
+    # only the levels change, not UMAP's `auto` neighbourhood (the finest level's size: 5 of
+    # 160 texts, so 10 neighbours; KMeans k 16: 10 texts per cluster, 10): the projection is
+    # reused, the clustering is redone
+    workspace.write_configs("default:\n  levels:\n    - {name: only, method: kmeans, k: 16}\n")
     result = workspace.materialize("grow", assets=[projections, *CLUSTERED])
     assert metadata(result, "projections")["method"] == "reused from grow|default"
     assert workspace.sql("SELECT DISTINCT level_name FROM clustering.assignments")[
         "level_name"
     ].to_list() == ["only"]
+    # clusters of 40 texts (k 4) widen the neighbourhood to its most, 30: projected again
+    workspace.write_configs("default:\n  levels:\n    - {name: only, method: kmeans, k: 4}\n")
+    result = workspace.materialize("grow", assets=[projections, *CLUSTERED])
+    assert metadata(result, "projections")["method"] == "umap"
+    assert metadata(result, "projections")["n_neighbors"] == 30
 
 
 def test_bad_input_fails_clearly_and_keeps_the_previous_result(workspace):

@@ -5,6 +5,7 @@ from dagster_duckdb import DuckDBResource
 
 from ..core.config.run_config import stable_hash
 from ..core.data_in.ingest import content_hash
+from ..core.projection.neighbourhood import resolved_projection
 from ..core.projection.project import distinct_rows, project_rows
 from ..core.storage.store import find_projection, partition_model, partition_vectors, read_partition
 from ..resources import ClusteringSettings, connection
@@ -24,12 +25,13 @@ def projections(
     part, config = stage(context, clustering)
     with connection(duckdb) as conn:
         rows, vectors = partition_vectors(conn, part)
+        projection = resolved_projection(config, rows["text_hash"].n_unique())
         input_hash = stable_hash(
             {
                 "texts": content_hash(rows),
                 "model": partition_model(conn, part)[0],
                 "normalize": config.embedding.normalize,
-                "projection": config.projection.model_dump(mode="json"),
+                "projection": projection.model_dump(mode="json"),
                 "method": PROJECTION_METHOD,
             }
         )
@@ -45,7 +47,7 @@ def projections(
         distinct = vectors[first]
         del vectors  # a million texts' vectors are 1.5 GB: keep one copy while projecting
         frame, method = project_rows(
-            rows, distinct, inverse, config.embedding.normalize, config.projection, input_hash
+            rows, distinct, inverse, config.embedding.normalize, projection, input_hash
         )
         with connection(duckdb) as conn:
             write_result(conn, context, part, config, {"projections": frame}, input_hash)
@@ -54,7 +56,8 @@ def projections(
             "texts": rows.height,
             "distinct_texts": rows["text_hash"].n_unique(),
             "method": method,
-            "cluster_space_dimensions": config.projection.n_components,
+            "cluster_space_dimensions": projection.n_components,
+            "n_neighbors": projection.n_neighbors,
             "projection_seconds": round(time.perf_counter() - started, 2),
             "input_hash": input_hash,
             "params_hash": config.params_hash(),

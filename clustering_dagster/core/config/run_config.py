@@ -5,7 +5,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -39,7 +39,11 @@ class EmbeddingConfig(StrictModel):
 class ProjectionConfig(StrictModel):
     pca_components: int | None = Field(50, ge=2)
     n_components: int = Field(5, ge=2)
-    n_neighbors: int = Field(30, ge=2)
+    n_neighbors: Annotated[int, Field(ge=2)] | Literal["auto"] = Field(
+        "auto",
+        description="UMAP's neighbours per text; auto: about the finest level's minimum cluster "
+        "size among the texts UMAP fits, 10 to 30 (small data keeps small topics apart)",
+    )
     min_dist: float = Field(0.0, ge=0.0)
     map_min_dist: float = Field(0.1, ge=0.0)
     random_state: int | None = None

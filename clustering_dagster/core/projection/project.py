@@ -7,6 +7,7 @@ grows linearly with the number of points beyond the sample. The projection says 
 were fitted: clustering fits on those and lets the others follow their nearest fitted texts.
 """
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -25,6 +26,16 @@ MIN_POINTS_FOR_UMAP = 16
 MAX_POINTS_FOR_EXACT_NEIGHBOURS = 50_000
 # Sample points whose positions are averaged to place a point outside the sample.
 PLACEMENT_NEIGHBOURS = 10
+# UMAP's numba kernels that umap-learn 0.5 compiles afresh in every process (about 5 s here, more
+# on a loaded machine: every run, every step process): module -> names, compiled through numba's
+# on-disk cache instead. The layout's two share one Python function: each is cached under its name.
+UNCACHED_KERNELS = {
+    "umap.umap_": ("smooth_knn_dist", "compute_membership_strengths"),
+    "umap.layouts": (
+        "_nb_optimize_layout_euclidean_single_epoch",
+        "_nb_optimize_layout_euclidean_single_epoch_parallel",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -120,12 +131,51 @@ def representatives(space: np.ndarray, sample: np.ndarray) -> np.ndarray:
     return out
 
 
+@functools.cache
+def _umap():
+    """The umap module, its UNCACHED_KERNELS recompiled with numba's on-disk cache (next to
+    umap's own cached kernels; where that folder is read-only numba uses a user cache folder, and
+    without either the kernels stay as they are)."""
+    import importlib
+
+    import umap
+
+    for module_name, names in UNCACHED_KERNELS.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            cached = _disk_cached(getattr(module, name), name)
+            if cached is not None:
+                setattr(module, name, cached)
+    return umap
+
+
+def _disk_cached(kernel, name: str):
+    """`kernel` (a numba dispatcher) compiled with cache=True, its Python function copied under
+    `name` (numba names the cache files after it); None when numba has nowhere to cache."""
+    import types
+
+    import numba
+
+    func = kernel.py_func
+    copy = types.FunctionType(func.__code__, func.__globals__, name, func.__defaults__)
+    copy.__qualname__ = name
+    options = {k: v for k, v in kernel.targetoptions.items() if k != "nopython"}
+    try:
+        return numba.njit(cache=True, locals=kernel.locals, **options)(copy)
+    except RuntimeError:  # no cache folder numba can write
+        return None
+
+
 def project(vectors: np.ndarray, config: ProjectionConfig) -> Projection:
     """Project distinct vectors into the cluster space and the 2-D map: by UMAP up to
     `config.fit_sample` points, beyond that UMAP on a random sample and the rest placed by it."""
     if len(vectors) < MIN_POINTS_FOR_UMAP:
         return _small_projection(vectors, config)
-    import umap
+    if config.n_neighbors == "auto":
+        raise ValueError(
+            "n_neighbors is auto: resolve it first (neighbourhood.resolved_projection)"
+        )
+    umap = _umap()
 
     n = len(vectors)
     sample = np.arange(n)
