@@ -17,13 +17,13 @@ deploy/postgres/dagster.yaml say (the broker's visibility timeout cut to 60 s), 
 After each kill: `mismatched_rows` counts rows a reader sees that do not belong with the
 partition's other results, `lost_rows` the texts that differ from the complete result the run's
 outcome implies (the new texts if it succeeded, the previous ones if it failed), as in
-benchmarks/reliability.py. Results go to one DuckDB file on this machine, or with --lake to a
-DuckLake (catalog in the same PostgreSQL, data in a local folder: docs/distributed.md). Prints a
-table of runs; the last line is one JSON object.
+benchmarks/reliability.py. Results go to a DuckLake, the store several machines share (catalog in
+the same PostgreSQL, data in a local folder: docs/distributed.md), or with --file to one DuckDB
+file on this machine. Prints a table of runs; the last line is one JSON object.
 
-From the repository root (needs pip install -e ".[distributed]", and ".[lake]" for --lake):
+From the repository root (needs pip install -e ".[distributed,lake]", the dev extra has both):
 
-    python -m benchmarks.distributed [--smoke] [--lake]
+    python -m benchmarks.distributed [--smoke] [--file]
 """
 
 import argparse
@@ -102,7 +102,9 @@ def kill_mid_step(stack: Distributed, partition: str, texts, step: str, whole: b
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="3 x 60 texts, one kill (~3 min)")
-    parser.add_argument("--lake", action="store_true", help="results in a DuckLake, not a file")
+    parser.add_argument(
+        "--file", action="store_true", help="results in one DuckDB file, not a lake"
+    )
     args = parser.parse_args()
     missing = ensure_installed()
     if missing:
@@ -112,7 +114,7 @@ def main() -> None:
     names = [f"part{i}" for i in range(count)]
     root = Path(tempfile.mkdtemp(prefix="distributed_"))
     try:
-        with Distributed(root, workers=2, redeliver_s=REDELIVER_S, lake=args.lake) as stack:
+        with Distributed(root, workers=2, redeliver_s=REDELIVER_S, lake=not args.file) as stack:
             figures = run(stack, names, per, args.smoke)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -41,11 +41,13 @@ SMOKES: dict[str, tuple[set[str], Callable[[dict], bool]]] = {
     ),
     "distributed": (  # with test_distributed.py: every step in a worker, a kill mid-step
         {"partitions_succeeded", "partitions_failed", "workers_used", "mismatched_rows",
-         "lost_rows", "steps_outside_workers", "kills_mid_step", "kill_outcomes", "seconds"},
+         "lost_rows", "steps_outside_workers", "kills_mid_step", "kill_outcomes", "store",
+         "seconds"},
         lambda f: f["partitions_succeeded"] >= 3 and f["partitions_failed"] == 0
         and f["workers_used"] >= 2 and f["mismatched_rows"] == f["lost_rows"] == 0
         and f["steps_outside_workers"] == 0 and f["kills_mid_step"] >= 1
-        and set(f["kill_outcomes"]) <= {"retried, succeeded", "failed"},
+        and set(f["kill_outcomes"]) <= {"retried, succeeded", "failed"}
+        and f["store"].startswith("DuckLake"),
     ),
     "explorer": (
         {"tree_ms", "cluster_ms", "search_ms", "cold_search_ms", "emerging_found",
