@@ -10,9 +10,9 @@ From the repository root:
 
     python -m benchmarks.reliability [--quick | --smoke]
 
---quick: a few kill points only; --smoke: one kill point, the bad inputs, a stage whose inputs
-were never made and three of the result tools' hostile cases (SMOKE_CASES), in a sandbox removed
-afterwards (a few minutes).
+--quick: a few kill points only; --smoke: one kill point, two bad inputs (a file, a
+configuration), a stage whose inputs were never made and three of the result tools' hostile cases
+(SMOKE_CASES), in a sandbox removed afterwards (two to three minutes).
 """
 
 import argparse
@@ -299,7 +299,6 @@ def scenarios(bench: Bench, quick: bool, smoke: bool) -> None:
         bench.together([PARTITION, "other|default"], "two partitions' runs at once")
         bench.together([PARTITION, PARTITION], "two runs of one partition at once")
 
-    bench.check_others = not smoke
     datasets, configs = box.datasets, box.configs
     original = configs.read_text()
 
@@ -314,49 +313,41 @@ def scenarios(bench: Bench, quick: bool, smoke: bool) -> None:
 
         return damage, repair
 
-    bench.bad_input(
-        "texts that are JSON numbers",
-        *replace_bank("bank.jsonl", lambda p: p.write_text('{"text": "hi"}\n{"text": 12345}\n')),
-        says="line 2: column 'text' holds int",
-    )
-    bench.bad_input(
-        "a truncated Parquet file",
-        *replace_bank("bank.parquet", lambda p: p.write_bytes(b"PAR1" + b"\0" * 64)),
-        says="cannot be read as parquet",
-    )
-    bench.bad_input(
-        "a misspelt key in the dataset's YAML",
-        lambda: (datasets / "bank.yaml").write_text("text_colum: text\n"),
-        lambda: (datasets / "bank.yaml").unlink(),
-        says="unknown setting 'text_colum'",
-    )
-    bench.bad_input(
-        "metadata_columns given as a string",
-        lambda: (datasets / "bank.yaml").write_text("metadata_columns: category\n"),
-        lambda: (datasets / "bank.yaml").unlink(),
-        says="metadata_columns must be a list",
-    )
-    bench.bad_input(
-        "an unusable file name beside the datasets",
-        lambda: (datasets / "数据.csv").write_text("text\nx\n"),
-        lambda: (datasets / "数据.csv").unlink(),
-        says="RUN_SUCCESS",
-        fails=False,
-    )
-    bench.bad_input(
-        "an invalid run configuration entry",
-        lambda: configs.write_text(original + "\nbroken: {levels: [], typo: 1}\n"),
-        lambda: configs.write_text(original),
-        says="run configuration 'broken' is invalid",
-        partition="bank|broken",
-    )
-    bench.check_others = True  # --smoke checks the other partition once, here
-    bench.bad_input(
-        "a run configuration name given twice",
-        lambda: configs.write_text(original + "\ndefault: {levels: [{name: fine}]}\n"),
-        lambda: configs.write_text(original),
-        says="run configuration 'default' is defined twice",
-    )
+    bad = [
+        dict(name="texts that are JSON numbers",
+             fix=replace_bank("bank.jsonl", lambda p: p.write_text('{"text": "hi"}\n{"text": 12345}\n')),
+             says="line 2: column 'text' holds int"),
+        dict(name="a truncated Parquet file",
+             fix=replace_bank("bank.parquet", lambda p: p.write_bytes(b"PAR1" + b"\0" * 64)),
+             says="cannot be read as parquet"),
+        dict(name="a misspelt key in the dataset's YAML",
+             fix=(lambda: (datasets / "bank.yaml").write_text("text_colum: text\n"),
+                  lambda: (datasets / "bank.yaml").unlink()),
+             says="unknown setting 'text_colum'"),
+        dict(name="metadata_columns given as a string",
+             fix=(lambda: (datasets / "bank.yaml").write_text("metadata_columns: category\n"),
+                  lambda: (datasets / "bank.yaml").unlink()),
+             says="metadata_columns must be a list"),
+        dict(name="an unusable file name beside the datasets",
+             fix=(lambda: (datasets / "数据.csv").write_text("text\nx\n"),
+                  lambda: (datasets / "数据.csv").unlink()),
+             says="RUN_SUCCESS", fails=False),
+        dict(name="an invalid run configuration entry",
+             fix=(lambda: configs.write_text(original + "\nbroken: {levels: [], typo: 1}\n"),
+                  lambda: configs.write_text(original)),
+             says="run configuration 'broken' is invalid", partition="bank|broken"),
+        dict(name="a run configuration name given twice",
+             fix=(lambda: configs.write_text(original + "\ndefault: {levels: [{name: fine}]}\n"),
+                  lambda: configs.write_text(original)),
+             says="run configuration 'default' is defined twice"),
+    ]  # fmt: skip
+    # --smoke: a bad file and a bad configuration (test_crash_safety.py runs the others' kinds)
+    for case in [bad[0], bad[-1]] if smoke else bad:
+        bench.check_others = not smoke or case is bad[-1]  # --smoke checks the others once
+        bench.bad_input(case["name"], *case["fix"], says=case["says"],
+                        partition=case.get("partition", PARTITION),
+                        fails=case.get("fails", True))  # fmt: skip
+    bench.check_others = True
     bench.never_clustered()
     if not smoke:
         bench.dead_run()

@@ -4,11 +4,13 @@ Dagster's run monitoring cannot see the process of a run started by `dagster ass
 or the default run launcher, so such a run would stay STARTED for ever and hold its queue and
 concurrency slots. Every run notes its process (host, pid, process start time) in its tags at its
 first step; `reap_dead_runs` fails the runs whose process is gone and frees their slots. It runs
-at the start of every run and in the `dead_run_sensor` every 30 s.
+at the start of every run and in the `dead_run_sensor` every 30 s. A step run as a Celery task
+tags nothing: its worker's death is the broker's to handle (the step is handed to another).
 """
 
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -36,9 +38,19 @@ def process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def in_celery_task() -> bool:
+    """Whether this step runs as a Celery worker's task: if that worker dies, the broker hands
+    the step to another (executors.celery_settings), so the run lives on without its process."""
+    state = sys.modules.get("celery._state")
+    return state is not None and state.get_current_worker_task() is not None
+
+
 def claim_run(instance: DagsterInstance, run_id: str) -> bool:
     """Tag the run with the process running its step (each step of a multiprocess run has its
-    own); returns True when this process was not tagged yet (its first step)."""
+    own; a Celery task's is not tagged); returns True when this process was tagged now (its
+    first step)."""
+    if in_celery_task():
+        return False
     run = instance.get_run_by_id(run_id)
     if run is None or run.tags.get(TAG_PID) == str(os.getpid()):
         return False

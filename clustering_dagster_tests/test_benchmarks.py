@@ -85,7 +85,7 @@ SMOKES: dict[str, tuple[set[str], Callable[[dict], bool]]] = {
     ),
     "reliability": (
         {"scenarios", "failed", "mismatched_rows", "lost_rows", "max_blocked_s"},
-        lambda f: f["scenarios"] == 12 and _reliable(f),
+        lambda f: f["scenarios"] == 7 and _reliable(f),
     ),
     "scale": (
         {"n", "seconds", "peak_rss_gb", "growth_ratio", "nmi_drop", "encode_overhead"},

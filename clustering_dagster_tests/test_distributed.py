@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from clustering_dagster.executors import celery_config, celery_settings, pick_executor
+from clustering_dagster.run_health import TAG_PID
 
 from .support.faults import mismatches, sample_texts
 from .support.paths import REPO
@@ -75,6 +76,9 @@ def test_the_shipped_instance_queues_runs_for_the_daemon(stack):
         started = {pid for _, kind, pid in stack.steps(run.run_id) if kind == "STEP_START"}
         assert started and started <= set(workers)
         used |= {workers[pid] for pid in started}
+        # no step tagged the run with its worker's process: the dead-run reaper leaves a run
+        # whose worker died to the broker, which hands its step to another worker
+        assert TAG_PID not in run.tags
     assert used == {"w0", "w1"}
     for i, name in enumerate(names):
         shown = stack.box.published_texts(f"{name}|default")

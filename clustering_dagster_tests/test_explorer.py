@@ -63,6 +63,9 @@ def build_results(root: Path) -> Results:
             configs = yaml.safe_load(_configs(server.api_base))
             # clusters average 20 conversations: some always fall below 20 and fold, never all
             configs["private"]["privacy"]["min_conversations"] = 20
+            # about 3 top nodes over the 9 intents' texts: the largest has two pages of texts
+            upper = configs["default"]["upper_levels"]
+            configs["default"]["upper_levels"] = upper | {"top_clusters": 3}
             workspace.write_configs(yaml.safe_dump(configs))
             assert workspace.materialize(DATASET).success
             path = workspace.datasets / f"{DATASET}.jsonl"
