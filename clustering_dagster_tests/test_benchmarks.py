@@ -77,7 +77,7 @@ SMOKES: dict[str, tuple[set[str], Callable[[dict], bool]]] = {
     "local_llm": (
         {"clusters", "named_by_model_share", "nodes", "nodes_named_share", "fallbacks",
          "server_errors", "seconds"},
-        lambda f: f["clusters"] >= 2 and f["nodes"] >= f["clusters"] and f["server_errors"] == 0,
+        lambda f: f["clusters"] == 4 and f["nodes"] > f["clusters"] and f["server_errors"] == 0,
     ),
     "quality": (
         {"nmi", "ari", "clusters", "cold_s", "warm_s", "rerun_s"},
