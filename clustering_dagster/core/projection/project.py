@@ -143,7 +143,8 @@ def _umap():
     for module_name, names in UNCACHED_KERNELS.items():
         module = importlib.import_module(module_name)
         for name in names:
-            cached = _disk_cached(getattr(module, name), name)
+            kernel = getattr(module, name, None)  # another umap-learn may lack it
+            cached = None if kernel is None else _disk_cached(kernel, name)
             if cached is not None:
                 setattr(module, name, cached)
     return umap
