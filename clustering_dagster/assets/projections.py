@@ -25,7 +25,8 @@ def projections(
     part, config = stage(context, clustering)
     with connection(duckdb) as conn:
         rows, vectors = partition_vectors(conn, part)
-        projection = resolved_projection(config, rows["text_hash"].n_unique())
+        distinct_texts = rows["text_hash"].n_unique()
+        projection = resolved_projection(config, distinct_texts)
         input_hash = stable_hash(
             {
                 "texts": content_hash(rows),
@@ -54,7 +55,7 @@ def projections(
     return MaterializeResult(
         metadata={
             "texts": rows.height,
-            "distinct_texts": rows["text_hash"].n_unique(),
+            "distinct_texts": distinct_texts,
             "method": method,
             "cluster_space_dimensions": projection.n_components,
             "n_neighbors": projection.n_neighbors,

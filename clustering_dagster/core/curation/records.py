@@ -6,21 +6,12 @@ from datetime import UTC, datetime
 import duckdb
 import polars as pl
 
-from ..storage.store import SCHEMA, Partition
+from ..storage.store import SCHEMA, Partition, registered
 from .edits import Edit, describe, named_nodes
 
 
 def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-def insert_rows(conn, frame: pl.DataFrame, insert: str, params: list) -> None:
-    """Run `insert`, which reads `frame` as the table `_rows`."""
-    conn.register("_rows", frame.to_arrow())
-    try:
-        conn.execute(insert, params)
-    finally:
-        conn.unregister("_rows")
 
 
 def read_edits(conn, part: Partition) -> list[Edit]:
@@ -84,12 +75,11 @@ def write_edit(
     for role, hashes in (("moved", moved), ("member", members)):
         if hashes is None or hashes.len() == 0:
             continue
-        insert_rows(
-            conn,
-            pl.DataFrame({"text_hash": hashes.unique().sort()}),
-            f"INSERT INTO {SCHEMA}.edit_texts SELECT ?, ?, text_hash FROM _rows",
-            [edit.edit_id, role],
-        )
+        with registered(conn, "_rows", pl.DataFrame({"text_hash": hashes.unique().sort()})):
+            conn.execute(
+                f"INSERT INTO {SCHEMA}.edit_texts SELECT ?, ?, text_hash FROM _rows",
+                [edit.edit_id, role],
+            )
 
 
 def write_status(conn, part: Partition, version: str, status: pl.DataFrame) -> None:
@@ -99,13 +89,12 @@ def write_status(conn, part: Partition, version: str, status: pl.DataFrame) -> N
         f"DELETE FROM {SCHEMA}.edit_status WHERE dataset = ? AND run_config = ? AND version = ?",
         [part.dataset, part.run_config, version],
     )
-    insert_rows(
-        conn,
-        status,
-        f"INSERT INTO {SCHEMA}.edit_status SELECT ?, ?, ?, edit_id, status, reason, "
-        "holders::JSON, ? FROM _rows",
-        [part.dataset, part.run_config, version, now()],
-    )
+    with registered(conn, "_rows", status):
+        conn.execute(
+            f"INSERT INTO {SCHEMA}.edit_status SELECT ?, ?, ?, edit_id, status, reason, "
+            "holders::JSON, ? FROM _rows",
+            [part.dataset, part.run_config, version, now()],
+        )
 
 
 def latest_status(conn, part: Partition) -> pl.DataFrame:

@@ -8,10 +8,10 @@ import json
 import polars as pl
 
 from ..results.reading import KEYWORD_NAMES, machine_nodes, summary_aliases
-from ..storage.store import SCHEMA, Partition, relation, visible_version
+from ..storage.store import SCHEMA, Partition, registered, relation, visible_version
 from .apply import Curated, apply_edits
 from .edits import Edit, active
-from .records import insert_rows, read_edits, write_status
+from .records import read_edits, write_status
 
 HOLDERS = 5  # clusters listed where an edit's texts are now
 
@@ -51,23 +51,21 @@ def finest_texts(conn, part: Partition) -> pl.DataFrame:
 
 
 def _write_tree(conn, part: Partition, alias: str, version: str, nodes: pl.DataFrame) -> None:
-    insert_rows(
-        conn,
-        nodes,
-        f"INSERT INTO {SCHEMA}.curated_hierarchy BY NAME "
-        "SELECT ? AS dataset, ? AS run_config, ? AS alias, ? AS version, * FROM _rows",
-        [part.dataset, part.run_config, alias, version],
-    )
+    with registered(conn, "_rows", nodes):
+        conn.execute(
+            f"INSERT INTO {SCHEMA}.curated_hierarchy BY NAME "
+            "SELECT ? AS dataset, ? AS run_config, ? AS alias, ? AS version, * FROM _rows",
+            [part.dataset, part.run_config, alias, version],
+        )
 
 
 def _write_moves(conn, part, version: str, nodes: pl.DataFrame, curated: Curated) -> None:
     finest = nodes.filter(pl.col("level") == pl.col("level").max())["level_name"][0]
-    insert_rows(
-        conn,
-        curated.moved,
-        f"INSERT INTO {SCHEMA}.curated_moves SELECT ?, ?, ?, ?, row_idx, cluster_id FROM _rows",
-        [part.dataset, part.run_config, version, finest],
-    )
+    with registered(conn, "_rows", curated.moved):
+        conn.execute(
+            f"INSERT INTO {SCHEMA}.curated_moves SELECT ?, ?, ?, ?, row_idx, cluster_id FROM _rows",
+            [part.dataset, part.run_config, version, finest],
+        )
 
 
 def _status(conn, part: Partition, edits: list[Edit], curated: Curated) -> pl.DataFrame:

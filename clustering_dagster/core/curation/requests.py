@@ -11,7 +11,14 @@ from ..config.run_config import PrivacyConfig
 from ..errors import InputError
 from ..results.reading import KEYWORD_NAMES, NamedTree, leaf_assignments, load_tree
 from ..storage.lake import claim
-from ..storage.store import HIDDEN_ID, SCHEMA, Partition, in_transaction, shown_relation
+from ..storage.store import (
+    HIDDEN_ID,
+    SCHEMA,
+    Partition,
+    in_transaction,
+    registered,
+    shown_relation,
+)
 from ..storage.store import visible_version as published
 from .edits import KINDS, Edit
 from .records import next_edit_id, now, read_edits, write_edit
@@ -135,16 +142,13 @@ def _texts(conn, tree: NamedTree, text_ids: tuple[str, ...]) -> pl.DataFrame:
     if not text_ids:
         raise InputError("name at least one text by its id (as `texts` lists them)")
     asked = pl.DataFrame({"text_id": list(dict.fromkeys(text_ids))})
-    conn.register("_asked", asked.to_arrow())
-    try:
+    with registered(conn, "_asked", asked):
         found = conn.execute(
             f"SELECT t.text_id, t.text_hash, a.cluster_id "
             f"FROM {shown_relation(conn, 'texts', tree.part)} t "
             f"JOIN {leaf_assignments(conn, tree)} a USING (row_idx) "
             "SEMI JOIN _asked USING (text_id)"
         ).pl()
-    finally:
-        conn.unregister("_asked")
     missing = [t for t in asked["text_id"] if t not in set(found["text_id"])]
     if missing:
         shown = ", ".join(repr(t) for t in missing[:3]) + (" ..." if len(missing) > 3 else "")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from ..storage.store import SCHEMA, Connect, in_transaction
+from ..storage.store import SCHEMA, Connect, in_transaction, registered
 
 CALL_SCHEMA = {
     "cache_key": pl.String,
@@ -81,19 +81,16 @@ class CallCache:
             }
             for key, record in self.pending.items()
         ]
-        with self.connect() as conn:
-            conn.register("_calls", pl.DataFrame(rows, schema=CALL_SCHEMA).to_arrow())
-            try:
-                # not ON CONFLICT: the lake has no keys. A key another process wrote at the same
-                # moment may be there twice, with answers to the same request: readers take any.
-                in_transaction(
-                    conn,
-                    lambda: conn.execute(
-                        f"INSERT INTO {SCHEMA}.llm_calls BY NAME SELECT * FROM _calls c "
-                        f"ANTI JOIN {SCHEMA}.llm_calls k ON k.cache_key = c.cache_key"
-                    ),
-                )
-            finally:
-                conn.unregister("_calls")
+        calls = pl.DataFrame(rows, schema=CALL_SCHEMA)
+        with self.connect() as conn, registered(conn, "_calls", calls):
+            # not ON CONFLICT: the lake has no keys. A key another process wrote at the same
+            # moment may be there twice, with answers to the same request: readers take any.
+            in_transaction(
+                conn,
+                lambda: conn.execute(
+                    f"INSERT INTO {SCHEMA}.llm_calls BY NAME SELECT * FROM _calls c "
+                    f"ANTI JOIN {SCHEMA}.llm_calls k ON k.cache_key = c.cache_key"
+                ),
+            )
         self.known |= {key: record["answer"] for key, record in self.pending.items()}
         self.pending.clear()

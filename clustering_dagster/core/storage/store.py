@@ -408,13 +408,24 @@ def _migrate_unversioned(conn, table: str) -> None:
 
 @contextmanager
 def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN, the block, COMMIT; on any failure, the COMMIT's included, ROLLBACK."""
     conn.execute("BEGIN TRANSACTION")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
         _roll_back(conn)
         raise
-    conn.execute("COMMIT")
+
+
+@contextmanager
+def registered(conn: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> Iterator[None]:
+    """`frame` readable as the table `name` on `conn` within the block."""
+    conn.register(name, frame.to_arrow())
+    try:
+        yield
+    finally:
+        conn.unregister(name)
 
 
 def _roll_back(conn) -> None:
@@ -444,7 +455,6 @@ def in_transaction(conn: duckdb.DuckDBPyConnection, write: Callable[[], T]) -> T
             with transaction(conn):
                 return write()
         except duckdb.TransactionException:
-            _roll_back(conn)
             if attempt >= CONFLICT_TRIES:
                 raise
         first, longest = CONFLICT_PAUSE_S
@@ -503,15 +513,12 @@ def write_version(conn, table: str, part: Partition, frame: pl.DataFrame) -> Non
         f"DELETE FROM {STORE}.{table} WHERE dataset = ? AND run_config = ? AND version = ?",
         [part.dataset, part.run_config, part.version],
     )
-    conn.register("_frame", frame.to_arrow())
-    try:
+    with registered(conn, "_frame", frame):
         conn.execute(
             f"INSERT INTO {STORE}.{table} BY NAME "
             "SELECT ? AS dataset, ? AS run_config, ? AS version, * FROM _frame",
             [part.dataset, part.run_config, part.version],
         )
-    finally:
-        conn.unregister("_frame")
 
 
 def write_aliases(conn, table: str, part: Partition, frame: pl.DataFrame) -> None:
@@ -668,15 +675,12 @@ def missing_hashes(conn, model: str, hashes: pl.Series) -> pl.Series:
     dim = model_dim(conn, model)
     if dim is None:
         return wanted["text_hash"]
-    conn.register("_wanted", wanted.to_arrow())
-    try:
+    with registered(conn, "_wanted", wanted):
         return conn.execute(
             f"SELECT w.text_hash FROM _wanted w ANTI JOIN {store_table(dim)} s "
             "ON s.model = ? AND s.text_hash = w.text_hash",
             [model],
         ).pl()["text_hash"]
-    finally:
-        conn.unregister("_wanted")
 
 
 def put_vectors(conn, model: str, hashes: pl.Series, vectors: np.ndarray) -> None:
@@ -706,15 +710,12 @@ def put_vectors(conn, model: str, hashes: pl.Series, vectors: np.ndarray) -> Non
             [model, dim, model],
         )
         claim(conn)  # two writers of the same new vectors at once: the later runs again
-        conn.register("_vectors", frame.to_arrow())
-        try:
+        with registered(conn, "_vectors", frame):
             conn.execute(
                 f"INSERT INTO {rows} SELECT ?, v.text_hash, {vector} FROM _vectors v "
                 f"ANTI JOIN {rows} s ON s.model = ? AND s.text_hash = v.text_hash",
                 [model, model],
             )
-        finally:
-            conn.unregister("_vectors")
 
     in_transaction(conn, write)
 
@@ -786,15 +787,12 @@ def partition_vectors(conn, part: Partition) -> tuple[pl.DataFrame, np.ndarray]:
 def vectors_for(conn, model: str, hashes: pl.Series) -> np.ndarray:
     """Stored vectors of `model` for `hashes`, in their order (each must be stored)."""
     dim = model_dim(conn, model)
-    conn.register("_wanted", pl.DataFrame({"text_hash": hashes}).with_row_index("i").to_arrow())
-    try:
+    with registered(conn, "_wanted", pl.DataFrame({"text_hash": hashes}).with_row_index("i")):
         frame = conn.execute(
             f"SELECT w.i, s.embedding FROM _wanted w JOIN {store_table(dim)} s "
             "ON s.model = ? AND s.text_hash = w.text_hash ORDER BY w.i",
             [model],
         ).pl()
-    finally:
-        conn.unregister("_wanted")
     if frame.height != len(hashes):
         raise LookupError(f"{len(hashes) - frame.height} texts have no stored {model} vector")
     return _to_matrix(frame["embedding"])
